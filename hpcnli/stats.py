@@ -1,0 +1,45 @@
+"""Statistics for the report, from scipy and scikit-learn; pure functions of the predictions."""
+
+from __future__ import annotations
+
+import math
+
+from scipy import stats
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+Z95 = stats.norm.ppf(0.975)
+
+
+def accuracy_ci(correct: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion."""
+    ci = stats.binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def paired_difference(base_correct: list[bool], tuned_correct: list[bool]) -> dict:
+    """Accuracy difference (tuned - base) on the same examples, its 95% CI and McNemar's exact test.
+
+    CI: Wald interval for a difference of paired proportions, se = sqrt(b + c - (b - c)^2 / n) / n,
+    where b = examples fixed (base wrong, tuned right) and c = examples broken.
+    McNemar exact: two-sided binomial test of b successes in b + c trials at p = 0.5.
+    """
+    n = len(base_correct)
+    fixed = sum(1 for b, t in zip(base_correct, tuned_correct) if not b and t)
+    broken = sum(1 for b, t in zip(base_correct, tuned_correct) if b and not t)
+    diff = (fixed - broken) / n
+    se = math.sqrt(max(fixed + broken - (fixed - broken) ** 2 / n, 0.0)) / n
+    p = float(stats.binomtest(fixed, fixed + broken, 0.5).pvalue) if fixed + broken else 1.0
+    return {"difference": diff, "ci95": [diff - Z95 * se, diff + Z95 * se], "fixed": fixed, "broken": broken,
+            "mcnemar_exact_p": p}
+
+
+def per_class(gold: list[int], pred: list[int], labels: tuple[str, ...]) -> dict:
+    p, r, f, support = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))),
+                                                       zero_division=0)
+    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            for i, name in enumerate(labels)}
+
+
+def confusion(gold: list[int], pred: list[int], n_labels: int = 3) -> list[list[int]]:
+    """Rows are gold labels, columns predictions."""
+    return confusion_matrix(gold, pred, labels=list(range(n_labels))).tolist()

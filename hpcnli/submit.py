@@ -1,0 +1,189 @@
+"""Plan a run under results/<run>/ and execute it: fine-tune, eval base and fine-tuned in N shards, reduce.
+
+    python -m hpcnli.submit --config jobs/default.yaml                        # local, this machine
+    python -m hpcnli.submit --config jobs/snli_cpu.yaml --partition gpu       # Slurm, via submitit
+    python -m hpcnli.submit --resume results/<run>                            # redo what is missing
+
+Everything that can be checked is checked here, before anything runs or is queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from hpcnli import data as nli_data
+from hpcnli import modeling
+from hpcnli.config import ConfigError, RunConfig, load_config, save_config
+from hpcnli.io import read_json, write_json
+from hpcnli.logs import setup_logging
+from hpcnli.paths import MODELS, RunPaths
+from hpcnli.runlock import RunLock, RunLocked
+
+log = logging.getLogger("hpcnli.submit")
+
+
+class PlanError(ValueError):
+    """The run cannot start as configured; the message says what to change."""
+
+
+def check_model(cfg: RunConfig) -> None:
+    """Tokenizer, label words and LoRA targets, checked on an empty (meta-device) model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = modeling.load_tokenizer(cfg)
+    modeling.label_token_ids(tokenizer, cfg.task.label_words)
+    where, kwargs = modeling.resolve_model(cfg.model)
+    try:
+        model_config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as e:
+        raise modeling.ModelError(modeling._not_found(where, e)) from None
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+    modeling.check_target_modules(empty, cfg.lora.target_modules)
+
+
+def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
+    """Validate data and model, then write the run's config, test-set manifest and plan."""
+    train = nli_data.load_split(cfg, "train")
+    test = nli_data.load_split(cfg, "test")
+    if cfg.eval.num_shards > len(test.examples):
+        raise PlanError(f"eval.num_shards: {cfg.eval.num_shards} shards for {len(test.examples)} test examples; "
+                        f"use at most {len(test.examples)}")
+    if len({e["id"] for e in test.examples}) != len(test.examples):
+        raise PlanError(f"data.test: {test.source} has duplicated example ids")
+    check_model(cfg)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise PlanError(f"{run_dir} exists; use --resume {run_dir} to complete it, or another name") from None
+    except OSError as e:
+        raise PlanError(f"cannot create the run directory {run_dir} ({e.strerror}); "
+                        "set output_root to a writable directory") from None
+    paths = RunPaths(run_dir)
+    save_config(cfg, paths.config)
+    write_json(paths.test_manifest, {"source": test.source, "examples": len(test.examples), "dropped": test.dropped,
+                                     "ids_hash": test.ids_hash, "ids": [e["id"] for e in test.examples]})
+    log.info("planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
+             run_dir, len(train.examples), train.source, len(test.examples), test.source, cfg.eval.num_shards)
+    return paths
+
+
+def todo(cfg: RunConfig, paths: RunPaths, force: bool) -> dict:
+    """What remains: finetune (bool), shards per model (lists of indices), reduce (always)."""
+    from hpcnli.reduce import check_shard
+
+    if force:
+        return {"finetune": True, **{m: list(range(cfg.eval.num_shards)) for m in MODELS}}
+    ids = read_json(paths.test_manifest)["ids"]
+    remaining = {"finetune": not (paths.adapter / "adapter_config.json").is_file()
+                 or not paths.train_metrics.is_file()}
+    for m in MODELS:
+        remaining[m] = []
+        for shard in range(cfg.eval.num_shards):
+            lo, hi = nli_data.shard_bounds(len(ids), cfg.eval.num_shards, shard)
+            _, why = check_shard(paths, cfg, m, shard, ids[lo:hi])
+            if why or (m == "finetuned" and remaining["finetune"]):
+                remaining[m].append(shard)
+    return remaining
+
+
+# ---------------------------------------------------------------- local executor
+
+
+def _run_stage(paths: RunPaths, name: str, args: list[str]) -> bool:
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log_file = paths.logs / f"{name}.log"
+    cmd = [sys.executable, "-m", *args]
+    t0 = time.perf_counter()
+    with open(log_file, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+    print(f"  {name:<22} {status:<16} {time.perf_counter() - t0:7.1f} s   log: {log_file}", flush=True)
+    return rc == 0
+
+
+def run_local(cfg: RunConfig, paths: RunPaths, work: dict) -> int:
+    """Each stage is its own process, in order; failed eval shards are retried resources.max_retries times."""
+    run = str(paths.run_dir)
+    if work["finetune"] and not _run_stage(paths, "finetune", ["hpcnli.finetune", run]):
+        print("fine-tuning failed; the base-model shards still run", flush=True)
+    for model in MODELS:
+        for shard in work[model]:
+            for attempt in range(cfg.resources.max_retries + 1):
+                name = f"eval_{model}_{shard}" + (f"_retry{attempt}" if attempt else "")
+                if _run_stage(paths, name, ["hpcnli.evaluate", run, "--model", model, "--shard", str(shard)]):
+                    break
+    ok = _run_stage(paths, "reduce", ["hpcnli.reduce", run])
+    print(f"\nreport: {paths.report_md}" if ok else f"\nrun incomplete; see {paths.report_md}", flush=True)
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="jobs/default.yaml", help="YAML run config (default: %(default)s)")
+    p.add_argument("--executor", choices=("local", "slurm"), default=None,
+                   help="local: run every stage here; slurm: submit through submitit "
+                        "(default: slurm when --partition is given, else local)")
+    p.add_argument("--partition", help="Slurm partition (overrides resources.partition)")
+    p.add_argument("--name", help="run directory name (default: <config name>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="complete an existing run: redo only what is missing or invalid")
+    p.add_argument("--force", action="store_true", help="with --resume: redo every stage")
+    p.add_argument("--wait", action="store_true", help="slurm: block until the run ends, showing progress")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=10")
+    args = p.parse_args(argv)
+    if args.executor is None:
+        args.executor = "slurm" if args.partition else "local"
+    if args.force and not args.resume:
+        p.error("--force goes with --resume RUN_DIR")
+    return args
+
+
+def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
+    if args.resume:
+        paths = RunPaths(args.resume)
+        if not paths.config.is_file():
+            raise PlanError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
+        if args.overrides:
+            raise PlanError("--resume keeps the run's own config; start a new run to change it")
+        cfg = load_config(paths.config, [f"resources.partition={args.partition}"] if args.partition else [])
+        return cfg, paths, todo(cfg, paths, args.force)
+    overrides = list(args.overrides) + ([f"resources.partition={args.partition}"] if args.partition else [])
+    cfg = load_config(args.config, overrides)
+    name = args.name or f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    paths = plan(cfg, Path(cfg.output_root) / name)
+    return cfg, paths, todo(cfg, paths, force=False)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        cfg, paths, work = prepare(args)
+        with RunLock(paths, args.executor):
+            print(f"run directory: {paths.run_dir}\n"
+                  f"to do: finetune={'yes' if work['finetune'] else 'done'}, base shards {work['base']}, "
+                  f"finetuned shards {work['finetuned']}", flush=True)
+            if args.executor == "local":
+                return run_local(cfg, paths, work)
+            from hpcnli import launch
+
+            return launch.submit_slurm(cfg, paths, work, wait=args.wait)
+    except (ConfigError, PlanError, nli_data.DataError, modeling.ModelError, RunLocked) as e:
+        print(f"hpcnli.submit: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
