@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hpcnli.synthetic import MAX_TRAIN_SIZE
 
 DTYPES = ("bfloat16", "float16", "float32")
 SCORING_MODES = ("verbalizer", "head")
@@ -150,6 +153,9 @@ def _plain(obj: Any) -> Any:
 # ---------------------------------------------------------------- building from plain data
 
 
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
@@ -175,6 +181,8 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         return {str(k): str(v) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string
     if tp in (int, float, str, bool):
         if isinstance(value, bool) and tp is not bool:
             ok = False
@@ -234,6 +242,9 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(len(cfg.lora.target_modules) > 0, "lora.target_modules: name at least one module, e.g. [q_proj, v_proj]")
     for k in ("max_train_examples", "max_test_examples", "synthetic_train_size", "synthetic_test_size"):
         need(getattr(cfg.data, k) >= 0, f"data.{k}: must be >= 0, got {getattr(cfg.data, k)}")
+    need(cfg.data.train != "synthetic" or cfg.data.synthetic_train_size <= MAX_TRAIN_SIZE,
+         f"data.synthetic_train_size: at most {MAX_TRAIN_SIZE} (more would overlap the synthetic test split), "
+         f"got {cfg.data.synthetic_train_size}")
     for k in ("train", "test"):
         need(bool(getattr(cfg.data, k).strip()), f"data.{k}: empty; use 'synthetic', 'hub:<id>:<split>' or a file path")
     need(cfg.task.scoring in SCORING_MODES, f"task.scoring: {cfg.task.scoring!r} is not one of {SCORING_MODES}")
@@ -268,7 +279,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError([f"override {item!r}: write it as key=value, e.g. train.max_steps=10"], "command line")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:  # e.g. "Premise: {premise} ..." or "@x": not YAML, so plain text
+        value = raw
+    if isinstance(value, (dict, list)) and not raw.lstrip().startswith(("{", "[")):
+        value = raw  # only [a, b] / {k: v} are collections; "gpu: a100" or "- x" stay text
     if isinstance(value, str) or value is None:
         value = raw  # keep strings verbatim (YAML would eat quotes, '#' comments, etc.)
         if raw.lower() in ("null", "none", "~"):
@@ -303,8 +319,7 @@ def config_from_dict(data: Any, source: str = "config") -> RunConfig:
     if data is None:
         data = {}
     cfg = _build(RunConfig, data, "", problems)
-    if not problems:
-        problems = _check_values(cfg)
+    problems += _check_values(cfg)  # keys with bad types hold defaults here, so this adds no false alarms
     if problems:
         raise ConfigError(problems, source)
     return cfg

@@ -35,9 +35,13 @@ class JobEnvironment:
         return self._int("SLURM_RESTART_COUNT") or 0
 
     @property
+    def cpus_per_task(self) -> int | None:
+        return self._int("SLURM_CPUS_PER_TASK")
+
+    @property
     def gpus(self) -> str | None:
         return self._env.get("CUDA_VISIBLE_DEVICES") or None
 
     def describe(self) -> dict:
         return {"job_id": self.job_id, "array_job_id": self.array_job_id, "array_task_id": self.array_task_id,
-                "node": self.node, "restart_count": self.restart_count, "gpus": self.gpus}
+                "node": self.node, "cpus_per_task": self.cpus_per_task, "restart_count": self.restart_count, "gpus": self.gpus}

@@ -137,7 +137,10 @@ def parse_args(argv=None):
                    help="local: run every stage here; slurm: submit through submitit "
                         "(default: slurm when --partition is given, else local)")
     p.add_argument("--partition", help="Slurm partition (overrides resources.partition)")
-    p.add_argument("--name", help="run directory name (default: <config name>-<timestamp>)")
+    p.add_argument("--name", help="run directory name under output_root (default: <config name>-<timestamp>)")
+    p.add_argument("--run-dir", help="exact run directory (overrides --name and output_root)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="validate and write the run directory, run nothing (the sbatch scripts use this)")
     p.add_argument("--resume", metavar="RUN_DIR", help="complete an existing run: redo only what is missing or invalid")
     p.add_argument("--force", action="store_true", help="with --resume: redo every stage")
     p.add_argument("--wait", action="store_true", help="slurm: block until the run ends, showing progress")
@@ -162,14 +165,32 @@ def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
     overrides = list(args.overrides) + ([f"resources.partition={args.partition}"] if args.partition else [])
     cfg = load_config(args.config, overrides)
     name = args.name or f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    paths = plan(cfg, Path(cfg.output_root) / name)
+    paths = plan(cfg, Path(args.run_dir) if args.run_dir else Path(cfg.output_root) / name)
     return cfg, paths, todo(cfg, paths, force=False)
+
+
+def plan_once(args) -> RunPaths:
+    """--plan-only for the sbatch scripts: several jobs may ask at once; the first plans, the rest reuse."""
+    import fcntl
+
+    if not args.run_dir:
+        return prepare(args)[1]
+    run_dir = Path(args.run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.plan-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if RunPaths(run_dir).config.is_file():
+            return RunPaths(run_dir)
+        return prepare(args)[1]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging()
     try:
+        if args.plan_only:
+            print(f"planned {plan_once(args).run_dir}")
+            return 0
         cfg, paths, work = prepare(args)
         with RunLock(paths, args.executor):
             print(f"run directory: {paths.run_dir}\n"

@@ -92,20 +92,24 @@ def _detail(rng: random.Random, label: int) -> tuple[str, str]:
 
 
 TEMPLATES = [_hypernym, _negation, _quantity, _roles, _detail]
+MAX_TRAIN_SIZE = 2000  # test avoids the first this-many train pairs, so train may not be larger
 
 
 def generate(split: str, n: int, seed: int = 0) -> list[dict]:
     """`n` balanced examples; train and test are drawn from different seeds and never share a pair."""
+    if split == "train" and n > MAX_TRAIN_SIZE:
+        raise ValueError(f"at most {MAX_TRAIN_SIZE} synthetic train examples (more would overlap the test split); "
+                         "lower data.synthetic_train_size")
     rng = random.Random(f"hpcnli-synthetic-{split}-{seed}")
     avoid = set()
     if split == "test":
-        avoid = {(r["premise"], r["hypothesis"]) for r in generate("train", 2000, seed)}
+        avoid = {(r["premise"], r["hypothesis"]) for r in generate("train", MAX_TRAIN_SIZE, seed)}
     rows, seen = [], set()
     i = 0
     while len(rows) < n:
         if i > 50 * n + 1000:
             raise ValueError(f"cannot generate {n} distinct synthetic examples; lower data.synthetic_*_size")
-        label = i % 3
+        label = len(rows) % 3  # by rows kept, not tries, so a skipped duplicate keeps labels balanced
         template = TEMPLATES[(i // 3) % len(TEMPLATES)]
         i += 1
         premise, hypothesis = template(rng, label)

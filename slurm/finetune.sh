@@ -1,0 +1,20 @@
+#!/bin/bash
+# Stage 1 of an hpcnli run, for plain sbatch (no Python launcher needed):
+#   sbatch slurm/finetune.sh RUN_DIR [CONFIG]
+#   sbatch --export=ALL,RUN_DIR=results/my-run,CONFIG=jobs/default.yaml slurm/finetune.sh
+# Plans RUN_DIR from CONFIG on first use. Requeue-safe: training resumes from its last checkpoint.
+# Every #SBATCH line below is a default; options on the sbatch command line override it.
+#SBATCH --job-name=hpcnli-finetune
+#SBATCH --partition=gpu
+#SBATCH --time=02:00:00
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=8G
+#SBATCH --output=%x_%j.out
+#SBATCH --requeue
+set -euo pipefail
+RUN_DIR=${1:-${RUN_DIR:?usage: sbatch slurm/finetune.sh RUN_DIR [CONFIG]}}
+CONFIG=${2:-${CONFIG:-jobs/default.yaml}}
+PY=${HPCNLI_PYTHON:-python}
+
+"$PY" -m hpcnli.submit --plan-only --config "$CONFIG" --run-dir "$RUN_DIR"  # first job plans the run
+exec "$PY" -m hpcnli.finetune "$RUN_DIR"
