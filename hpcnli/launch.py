@@ -58,6 +58,22 @@ def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmE
     return ex
 
 
+def check_partition(partition: str) -> str | None:
+    """Why Slurm would refuse this partition (sinfo's view), or None; checked before anything is queued."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return "resources.partition: no Slurm here (sinfo not found); use --executor local, or start one with slurm/local-cluster.sh up"
+    out = subprocess.run(["sinfo", "--noheader", "--format=%R"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return f"resources.partition: Slurm does not answer ({out.stderr.strip()})"
+    known = sorted(set(out.stdout.split()))
+    if partition not in known:
+        return f"resources.partition: Slurm has no partition {partition!r}; sinfo lists: {', '.join(known)}"
+    return None
+
+
 # ---------------------------------------------------------------- what runs inside the jobs
 
 

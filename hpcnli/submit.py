@@ -164,6 +164,12 @@ def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
         return cfg, paths, todo(cfg, paths, args.force)
     overrides = list(args.overrides) + ([f"resources.partition={args.partition}"] if args.partition else [])
     cfg = load_config(args.config, overrides)
+    if args.executor == "slurm":
+        from hpcnli.launch import check_partition
+
+        why = check_partition(cfg.resources.partition)
+        if why:
+            raise PlanError(why)
     name = args.name or f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     paths = plan(cfg, Path(args.run_dir) if args.run_dir else Path(cfg.output_root) / name)
     return cfg, paths, todo(cfg, paths, force=False)
@@ -198,9 +204,16 @@ def main(argv=None) -> int:
                   f"finetuned shards {work['finetuned']}", flush=True)
             if args.executor == "local":
                 return run_local(cfg, paths, work)
+            import submitit
+
             from hpcnli import launch
 
-            return launch.submit_slurm(cfg, paths, work, wait=args.wait)
+            try:
+                return launch.submit_slurm(cfg, paths, work, wait=args.wait)
+            except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as e:
+                print(f"hpcnli.submit: sbatch refused the job: {e}\nNothing computed in {paths.run_dir} is lost; "
+                      f"fix the resources and run: python -m hpcnli.submit --resume {paths.run_dir}", file=sys.stderr)
+                return 2
     except (ConfigError, PlanError, nli_data.DataError, modeling.ModelError, RunLocked) as e:
         print(f"hpcnli.submit: {e}", file=sys.stderr)
         return 2
