@@ -1,0 +1,70 @@
+"""Golden files for the sbatch text submitit generates and for what the shipped scripts run.
+
+Config values and paths with spaces, quotes and `'; touch x'` must reach Slurm or the program as
+data, never as shell. Regenerate after an intended change with:
+    HPCNLI_REGEN_GOLDEN=1 python -m pytest tests/test_sbatch_golden.py
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from hpcnli.config import load_config
+from hpcnli.launch import executor_for
+from hpcnli.paths import RunPaths
+
+GOLDEN = Path(__file__).parent / "golden"
+WEIRD_RUN = "/runs/it's a run; touch y"
+WEIRD = ["resources.account=my account", "resources.qos=it's \"q\"",
+         "resources.extra_sbatch={comment: \"'; touch x'\", mail-type: END}"]
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("HPCNLI_REGEN_GOLDEN"):
+        path.write_text(text)
+    assert path.is_file(), f"missing {path}; create it with HPCNLI_REGEN_GOLDEN=1 python -m pytest {__file__}"
+    assert text == path.read_text(), (f"{name} differs from the golden file; if the change is intended, "
+                                      f"regenerate with HPCNLI_REGEN_GOLDEN=1 python -m pytest {__file__}")
+
+
+@pytest.mark.parametrize("stage", ["finetune", "eval-base", "reduce"])
+def test_submitit_sbatch_text(stage):
+    cfg = load_config(ROOT / "jobs/smoke.yaml", WEIRD + ["resources.gpus_per_node=1"])
+    text = executor_for(cfg, RunPaths(WEIRD_RUN), stage)._make_submission_file_text("COMMAND", "uid")
+    check_golden(f"submitit_{stage}.sbatch", text)
+    # Hostile values appear only inside #SBATCH directives (comments to bash) or as one quoted srun word.
+    assert all(line.startswith(("#SBATCH --", "srun ")) for line in text.splitlines() if "touch" in line)
+    parsed = dict(shlex.split(line[len("#SBATCH --"):])[0].split("=", 1)
+                  for line in text.splitlines() if line.startswith("#SBATCH --") and "=" in line)
+    assert parsed["comment"] == "'; touch x'" and parsed["account"] == "my account"
+    assert parsed["qos"] == "it's \"q\""
+
+
+@pytest.mark.parametrize("script,args", [
+    ("finetune.sh", ["RUN", "CONFIG"]),
+    ("eval_array.sh", ["RUN", "finetuned", "CONFIG"]),
+    ("reduce.sh", ["RUN"]),
+])
+def test_shipped_script_passes_arguments_verbatim(tmp_path, script, args):
+    """Run the script with bash and a recording stand-in for python: argv must arrive unchanged."""
+    record = tmp_path / "argv.jsonl"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                           f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    fake_python.chmod(0o755)
+    run_dir = tmp_path / "run with 'quotes' ; touch x $(touch z)"
+    config = tmp_path / "my config's.yaml"
+    real = [str(run_dir) if a == "RUN" else str(config) if a == "CONFIG" else a for a in args]
+    subprocess.run(["bash", ROOT / "slurm" / script, *real], cwd=tmp_path, check=True,
+                   env={**os.environ, "HPCNLI_PYTHON": str(fake_python)})
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    text = "\n".join(json.dumps(c).replace(str(tmp_path), "TMP") for c in calls) + "\n"
+    check_golden(f"script_{script}.argv", text)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
