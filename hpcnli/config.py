@@ -90,6 +90,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     epochs: int = 1
     max_steps: int = 0  # optimizer steps; 0 = run `epochs` full passes
+    checkpoint_every: int = 20  # optimizer steps between resumable checkpoints (0 = none)
     gradient_checkpointing: bool = False
     seed: int = 0
     log_every: int = 5  # optimizer steps between loss records
@@ -99,6 +100,9 @@ class TrainConfig:
 class EvalConfig:
     num_shards: int = 2  # array tasks per model
     batch_size: int = 32
+    # "dequantized": both models on the 4-bit base dequantized to model.dtype, the adapter merged in
+    # (the usual QLoRA deployment path, several times faster on CPU); "4bit": as trained, unmerged.
+    weights: str = "dequantized"
 
 
 @dataclass(frozen=True)
@@ -263,8 +267,11 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(t.epochs > 0 or t.max_steps > 0, "train.epochs / train.max_steps: set epochs > 0 or max_steps > 0")
     need(t.max_steps >= 0, f"train.max_steps: must be >= 0, got {t.max_steps}")
     need(t.log_every > 0, f"train.log_every: must be > 0, got {t.log_every}")
+    need(t.checkpoint_every >= 0, f"train.checkpoint_every: must be >= 0, got {t.checkpoint_every}")
     need(cfg.eval.num_shards > 0, f"eval.num_shards: must be > 0, got {cfg.eval.num_shards}")
     need(cfg.eval.batch_size > 0, f"eval.batch_size: must be > 0, got {cfg.eval.batch_size}")
+    need(cfg.eval.weights in ("dequantized", "4bit"),
+         f"eval.weights: {cfg.eval.weights!r} is not 'dequantized' or '4bit'")
     r = cfg.resources
     for k in ("time_min", "cpus_per_task", "mem_gb", "nodes", "array_parallelism"):
         need(getattr(r, k) > 0, f"resources.{k}: must be > 0, got {getattr(r, k)}")

@@ -72,12 +72,9 @@ def main(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = N
 
     t_load = time.perf_counter()
     tokenizer = modeling.load_tokenizer(cfg)
-    if model_kind == "base":
-        model = modeling.load_base_model(cfg)
-    else:
-        if not (paths.adapter / "adapter_config.json").is_file():
-            raise StageError(f"no fine-tuned adapter in {paths.adapter}; the fine-tune stage must finish first")
-        model = modeling.load_finetuned_model(cfg, paths.adapter)
+    if model_kind == "finetuned" and not (paths.adapter / "adapter_config.json").is_file():
+        raise StageError(f"no fine-tuned adapter in {paths.adapter}; the fine-tune stage must finish first")
+    model = modeling.load_eval_model(cfg, paths.adapter if model_kind == "finetuned" else None)
     model.eval()
     load_s = time.perf_counter() - t_load
 
@@ -91,7 +88,7 @@ def main(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = N
         "model": model_kind, "shard": shard, "num_shards": cfg.eval.num_shards, "examples": len(rows),
         "config_hash": cfg.hash(), "runtime_s": runtime, "model_load_s": load_s,
         "examples_per_s": len(rows) / runtime if runtime > 0 else None,
-        "batch_size": cfg.eval.batch_size, "dtype": cfg.model.dtype,
+        "batch_size": cfg.eval.batch_size, "dtype": cfg.model.dtype, "weights": cfg.eval.weights,
         "quantized_4bit": cfg.quantization.load_in_4bit, "device": modeling.device_name(),
         "memory": modeling.peak_memory(), "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(), "job": job or {},

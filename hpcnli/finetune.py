@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import random
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,9 +28,46 @@ log = logging.getLogger("hpcnli.finetune")
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batch order of one epoch: a function of (seed, epoch) alone, so a resumed run can skip ahead."""
     order = list(range(n))
     random.Random(seed * 1000 + epoch).shuffle(order)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def latest_checkpoint(paths: RunPaths) -> Path | None:
+    done = sorted(paths.checkpoints.glob("step_*/COMPLETE"))
+    return done[-1].parent if done else None
+
+
+def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -> None:
+    """Adapter, optimizer, scheduler, RNG and data position; written aside, then marked complete."""
+    target = paths.checkpoints / f"step_{state['step']:07d}"
+    tmp = paths.checkpoints / f".tmp_step_{state['step']:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "adapter", safe_serialization=True)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, tmp / "trainer.pt")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    (target / "COMPLETE").touch()
+    for old in paths.checkpoints.glob("step_*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint at step %d: %s", state["step"], target)
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
+    saved = torch.load(ckpt / "trainer.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    random.setstate(saved["rng"]["python"])
+    log.info("resumed from %s (step %d)", ckpt, saved["state"]["step"])
+    return saved["state"]
 
 
 def main(cfg, paths: RunPaths) -> dict:
@@ -52,7 +92,8 @@ def main(cfg, paths: RunPaths) -> dict:
 
     prompts = modeling.tokenize_prompts(tokenizer, cfg, train.examples)
     answers = torch.tensor([label_ids[e["label"]] for e in train.examples])
-    steps_per_epoch = math.ceil(math.ceil(len(prompts) / t.batch_size) / t.grad_accum)
+    batches_per_epoch = math.ceil(len(prompts) / t.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
 
@@ -61,13 +102,21 @@ def main(cfg, paths: RunPaths) -> dict:
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state = {"step": 0, "epoch": 0, "batch": 0, "seen": 0, "tokens": 0, "elapsed_s": 0.0, "losses": [],
+             "restarts": 0}
+    ckpt = latest_checkpoint(paths)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+        state["restarts"] += 1
     model.train()
     modeling.reset_peak_memory()
 
-    step, seen, tokens, losses, window = 0, 0, 0, [], []
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        for idx in _batches(len(prompts), t.batch_size, t.seed, epoch):
+    window = []
+    t0 = time.perf_counter() - state["elapsed_s"]
+    for epoch in range(state["epoch"], epochs):
+        batches = _batches(len(prompts), t.batch_size, t.seed, epoch)
+        first = state["batch"] if epoch == state["epoch"] else 0
+        for b, idx in enumerate(batches[first:], start=first):
             with accelerator.accumulate(model):
                 input_ids, mask = modeling.pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
                 logits = modeling.answer_logits(model, input_ids.to(accelerator.device), mask.to(accelerator.device))
@@ -76,30 +125,37 @@ def main(cfg, paths: RunPaths) -> dict:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            seen += len(idx)
-            tokens += int(mask.sum())
+            state["seen"] += len(idx)
+            state["tokens"] += int(mask.sum())
             window.append(loss.item())
-            if accelerator.sync_gradients:
-                step += 1
-                if step % t.log_every == 0 or step == total_steps:
-                    mean = sum(window) / len(window)
-                    losses.append({"step": step, "examples_seen": seen, "loss": mean,
-                                   "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - t0})
-                    log.info("step %d/%d loss %.4f (%.1f examples/s)", step, total_steps, mean,
-                             seen / (time.perf_counter() - t0))
-                    window = []
-                if step >= total_steps:
-                    break
-        if step >= total_steps:
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            state["epoch"], state["batch"] = (epoch, b + 1) if b + 1 < len(batches) else (epoch + 1, 0)
+            state["elapsed_s"] = time.perf_counter() - t0
+            if state["step"] % t.log_every == 0 or state["step"] == total_steps:
+                mean = sum(window) / len(window)
+                state["losses"].append({"step": state["step"], "examples_seen": state["seen"], "loss": mean,
+                                        "lr": scheduler.get_last_lr()[0], "elapsed_s": state["elapsed_s"]})
+                log.info("step %d/%d loss %.4f (%.2f examples/s)", state["step"], total_steps, mean,
+                         state["seen"] / state["elapsed_s"])
+                window = []
+            if (t.checkpoint_every and state["step"] % t.checkpoint_every == 0 and state["step"] < total_steps
+                    and accelerator.is_main_process):
+                save_checkpoint(paths, accelerator.unwrap_model(model), optimizer, scheduler, state)
+            if state["step"] >= total_steps:
+                break
+        if state["step"] >= total_steps:
             break
     runtime = time.perf_counter() - t0
+    losses = state["losses"]
 
     accelerator.wait_for_everyone()
     metrics = {
         "train_examples": len(train.examples), "train_source": train.source, "dropped": train.dropped,
-        "steps": step, "examples_seen": seen, "epochs": epochs,
+        "steps": state["step"], "examples_seen": state["seen"], "epochs": epochs, "restarts": state["restarts"],
         "runtime_s": runtime, "model_load_s": load_s,
-        "examples_per_s": seen / runtime, "tokens_per_s": tokens / runtime,
+        "examples_per_s": state["seen"] / runtime, "tokens_per_s": state["tokens"] / runtime,
         "final_loss": losses[-1]["loss"] if losses else None,
         "best_loss": min(r["loss"] for r in losses) if losses else None,
         "loss_curve": losses, "parameters": params, "memory": modeling.peak_memory(),
@@ -110,7 +166,7 @@ def main(cfg, paths: RunPaths) -> dict:
         accelerator.unwrap_model(model).save_pretrained(paths.adapter, safe_serialization=True)
         metrics["adapter_bytes"] = sum(f.stat().st_size for f in paths.adapter.rglob("*") if f.is_file())
         write_json(paths.train_metrics, metrics)
-        log.info("trained %d steps in %.1f s; adapter in %s", step, runtime, paths.adapter)
+        log.info("trained %d steps in %.1f s; adapter in %s", state["step"], runtime, paths.adapter)
     return metrics
 
 

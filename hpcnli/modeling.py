@@ -149,11 +149,22 @@ def add_lora(model, cfg):
     return get_peft_model(model, lora)
 
 
-def load_finetuned_model(cfg, adapter_dir: Path, device_map=None):
+def load_eval_model(cfg, adapter_dir: Path | None, device_map=None):
+    """The model to score with: base (adapter_dir None) or fine-tuned, per eval.weights.
+
+    "dequantized": the 4-bit base (the same rounded weights training saw) dequantized to
+    model.dtype, the adapter merged into it; "4bit": the quantized base with the adapter unmerged.
+    """
     from peft import PeftModel
 
-    base = load_base_model(cfg, device_map=device_map)
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    model = load_base_model(cfg, device_map=device_map)
+    if cfg.eval.weights == "dequantized" and cfg.quantization.load_in_4bit:
+        model = model.dequantize(dtype=torch_dtype(cfg.model.dtype))
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        if cfg.eval.weights == "dequantized":
+            model = model.merge_and_unload()
+    return model
 
 
 # ---------------------------------------------------------------- measurements

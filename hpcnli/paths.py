@@ -28,6 +28,10 @@ class RunPaths:
         return self.run_dir / "plan.json"
 
     @property
+    def provenance(self) -> Path:
+        return self.run_dir / "provenance.json"
+
+    @property
     def lock(self) -> Path:
         return self.run_dir / ".lock"
 

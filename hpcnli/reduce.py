@@ -98,7 +98,8 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
     train = read_json(paths.train_metrics) if paths.train_metrics.is_file() else None
     base = {"schema_version": SCHEMA_VERSION, "run": paths.name, "config": cfg.to_dict(),
             "config_hash": cfg.hash(), "test_set": {k: v for k, v in manifest.items() if k != "ids"},
-            "training": train, "shards": shard_metrics}
+            "training": train, "shards": shard_metrics,
+            "provenance": read_json(paths.provenance) if paths.provenance.is_file() else None}
     if problems:
         missing = sum(p["examples"] for p in problems)
         return {**base, "complete": False, "problems": problems, "missing_examples": missing}

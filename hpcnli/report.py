@@ -171,7 +171,14 @@ def render(rep: dict, plots: list[tuple[str, str]]) -> str:
     out += ["", "## Provenance", "", f"- config hash `{rep['config_hash']}`; test-set ids hash `{ts['ids_hash']}`",
             f"- device: {train.get('device', 'n/a')}; scoring `{cfg['task']['scoring']}`, label words "
             f"{cfg['task']['label_words']}, left padding, eval batch {cfg['eval']['batch_size']}",
-            f"- prompt: `{_cell(cfg['task']['prompt'])}`", "",
+            f"- prompt: `{_cell(cfg['task']['prompt'])}`",
+            f"- eval weights: `{cfg['eval']['weights']}` (dequantized = 4-bit base dequantized to {cfg['model']['dtype']}, "
+            "adapter merged); seeds: train " + str(cfg['train']['seed']) + ", subsets " + str(cfg['data']['subset_seed'])]
+    prov = rep.get("provenance") or {}
+    if prov:
+        out.append(f"- code: git `{prov.get('git_commit')}`{' (uncommitted changes)' if prov.get('git_dirty') else ''}; "
+                   f"python {prov.get('python')}; " + ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()))
+    out += ["",
             "<details><summary>Resolved config</summary>", "", "```json", json.dumps(cfg, indent=2), "```", "</details>", ""]
     return "\n".join(out)
 

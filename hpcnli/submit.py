@@ -49,6 +49,26 @@ def check_model(cfg: RunConfig) -> None:
     modeling.check_target_modules(empty, cfg.lora.target_modules)
 
 
+def provenance() -> dict:
+    """Code and package versions at planning time, for the report."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def git(*args):
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    packages = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "evaluate", "submitit"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "python": platform.python_version(), "packages": packages, "planned_on": platform.node(),
+            "planned_at": datetime.now().isoformat(timespec="seconds")}
+
+
 def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     """Validate data and model, then write the run's config, test-set manifest and plan."""
     train = nli_data.load_split(cfg, "train")
@@ -68,6 +88,7 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
                         "set output_root to a writable directory") from None
     paths = RunPaths(run_dir)
     save_config(cfg, paths.config)
+    write_json(paths.provenance, provenance())
     write_json(paths.test_manifest, {"source": test.source, "examples": len(test.examples), "dropped": test.dropped,
                                      "ids_hash": test.ids_hash, "ids": [e["id"] for e in test.examples]})
     log.info("planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
@@ -182,7 +203,11 @@ def plan_once(args) -> RunPaths:
     if not args.run_dir:
         return prepare(args)[1]
     run_dir = Path(args.run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PlanError(f"cannot create the run directory {run_dir} ({e.strerror}); "
+                        "choose a writable --run-dir or output_root") from None
     with open(run_dir.parent / f".{run_dir.name}.plan-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if RunPaths(run_dir).config.is_file():
