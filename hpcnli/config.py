@@ -18,7 +18,7 @@ import yaml
 
 from hpcnli.synthetic import MAX_TRAIN_SIZE
 
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 where it is fast, else float32
 SCORING_MODES = ("verbalizer", "head")
 SCHEDULERS = ("linear", "cosine", "constant")
 
@@ -38,7 +38,7 @@ class ModelConfig:
     name_or_path: str = "packaged:smollm2-135m-instruct"
     revision: str | None = None  # Hub revision; ignored for local and packaged models
     trust_remote_code: bool = False  # run code shipped with a Hub model; off unless you trust it
-    dtype: str = "bfloat16"  # dtype of weights that are not quantized
+    dtype: str = "auto"  # dtype of weights that are not quantized; auto = bfloat16 where it is fast, else float32
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class QuantizationConfig:
     load_in_4bit: bool = True  # QLoRA: the frozen base model in 4-bit through bitsandbytes
     quant_type: str = "nf4"  # "nf4" or "fp4"
     double_quant: bool = True  # quantize the quantization constants too
-    compute_dtype: str = "bfloat16"  # dtype the 4-bit matmuls compute in
+    compute_dtype: str = "auto"  # dtype the 4-bit matmuls compute in (auto as model.dtype)
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def main(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = N
         "model": model_kind, "shard": shard, "num_shards": cfg.eval.num_shards, "examples": len(rows),
         "config_hash": cfg.hash(), "runtime_s": runtime, "model_load_s": load_s,
         "examples_per_s": len(rows) / runtime if runtime > 0 else None,
-        "batch_size": cfg.eval.batch_size, "dtype": cfg.model.dtype, "weights": cfg.eval.weights,
+        "batch_size": cfg.eval.batch_size, "dtype": str(modeling.torch_dtype(cfg.model.dtype)).removeprefix("torch."), "weights": cfg.eval.weights,
         "quantized_4bit": cfg.quantization.load_in_4bit, "device": modeling.device_name(),
         "memory": modeling.peak_memory(), "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(), "job": job or {},

@@ -27,7 +27,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HPCNLI_CACHE", Path.home() / ".cache" / "hpcnli"))
 
 
+def fast_bf16() -> bool:
+    """bf16 matmuls beat fp32 on a GPU and on CPUs with AMX or AVX512-BF16; elsewhere they are several
+    times slower (measured here without them: 57 vs 260 GFLOP/s, bench/RESULTS.md)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def torch_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if fast_bf16() else torch.float32
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 

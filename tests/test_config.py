@@ -23,7 +23,7 @@ from hpcnli.config import (
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILES = sorted((ROOT / "jobs").glob("*.yaml"))
 TRAIN_KEYS = ("batch_size", "grad_accum", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay",
-              "epochs", "max_steps", "gradient_checkpointing", "seed", "log_every")
+              "epochs", "max_steps", "checkpoint_every", "gradient_checkpointing", "seed", "log_every")
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
