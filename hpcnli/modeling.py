@@ -129,6 +129,8 @@ def load_base_model(cfg, device_map=None):
     from transformers import AutoModelForCausalLM
 
     where, kwargs = resolve_model(cfg.model)
+    if device_map is None and torch.cuda.is_available():
+        device_map = {"": torch.cuda.current_device()}  # quantize straight onto this process's GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=torch_dtype(cfg.model.dtype), quantization_config=quantization_config(cfg),

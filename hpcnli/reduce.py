@@ -120,6 +120,7 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
             "eval_runtime_summed_s": sum(runtimes),
             "eval_model_load_summed_s": sum(m["model_load_s"] for m in shard_metrics[model]),
             "eval_examples_per_s": len(ids) / sum(runtimes) if sum(runtimes) else None,
+            "eval_wall_span_s": wall_span(shard_metrics[model]),
             "peak_memory": max_memory(shard_metrics[model]),
         }
     base_ok = [predictions["base"][i]["pred"] == predictions["base"][i]["gold"] for i in ids]
@@ -138,6 +139,15 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
             "comparison": stats.paired_difference(base_ok, tuned_ok),
             "fixed_examples": table(_pick(fixed, max_examples, "fixed")),
             "broken_examples": table(_pick(broken, max_examples, "broken"))}
+
+
+def wall_span(metrics: list[dict]) -> float:
+    """First shard start to last shard end: what parallel shards buy against the summed shard time."""
+    from datetime import datetime
+
+    starts = [datetime.fromisoformat(m["started_at"]).timestamp() for m in metrics]
+    ends = [datetime.fromisoformat(m["finished_at"]).timestamp() for m in metrics]
+    return max(ends) - min(starts)
 
 
 def max_memory(metrics: list[dict]) -> dict:
