@@ -162,7 +162,7 @@ def render(rep: dict, plots: list[tuple[str, str]]) -> str:
         out.append(f"| {m} eval | {r['eval_runtime_summed_s']:,.1f} s predicting + {r['eval_model_load_summed_s']:,.1f} s "
                    f"model loading summed over {len(rep['shards'][m])} shards ({r['eval_wall_span_s']:,.1f} s wall-clock "
                    f"from first start to last end), {_num(r['eval_examples_per_s'])} examples/s per shard-second; "
-                   f"peak {_mb(r['peak_memory'])} |")
+                   f"{_mb(r['peak_memory'])} |")
     out += ["", "### Shards", "", "| model | shard | examples | predict s | load s | examples/s | peak memory | node |",
             "|---|---|---|---|---|---|---|---|"]
     for m in MODELS:
