@@ -62,7 +62,8 @@ def write_plots(paths: RunPaths, rep: dict) -> list[tuple[str, str]]:
         ax.imshow(cm, cmap="Blues")
         for i in range(3):
             for j in range(3):
-                ax.text(j, i, cm[i][j], ha="center", va="center")
+                dark = cm[i][j] > 0.5 * max(max(row) for row in cm)
+                ax.text(j, i, cm[i][j], ha="center", va="center", color="white" if dark else "black")
         ax.set_xticks(range(3), [w[:7] for w in LABELS])
         ax.set_yticks(range(3), [w[:7] for w in LABELS])
         ax.set_xlabel("predicted")

@@ -74,7 +74,8 @@ def test_cancel_kill_and_requeue_recover(reference, tmp_path):
     sh("scancel", f"{base}_0")
     # 2. kill -9 the processes of base shard 1 while it runs.
     wait_until(lambda: running(f"{base}_1"), "base task 1 to run")
-    listing = sh("scontrol", "listpids", f"{base}_1").splitlines()[1:]  # PID JOBID STEPID LOCALID GLOBALID
+    raw_id = next(w for w in sh("scontrol", "show", "job", f"{base}_1").split() if w.startswith("JobId="))[6:]
+    listing = sh("scontrol", "listpids", raw_id).splitlines()[1:]  # PID JOBID STEPID LOCALID GLOBALID
     pids = [int(line.split()[0]) for line in listing if line.split() and line.split()[0].isdigit()]
     assert pids and os.getpid() not in pids
     for pid in pids:
