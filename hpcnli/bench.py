@@ -61,8 +61,9 @@ def main(argv=None) -> None:
     rows = [("per-example loop, fp32 (seed style)", base_s, base_preds)]
 
     four_bit = load_config(args.config, [f"data.test={args.data}", "eval.weights=4bit"])
+    dtype = str(modeling.torch_dtype(cfg.model.dtype)).removeprefix("torch.")
     for label, run_cfg in (("batched, 4-bit NF4 (eval.weights=4bit)", four_bit),
-                           ("batched, dequantized bf16 (eval.weights=dequantized)", cfg)):
+                           (f"batched, dequantized to {dtype}, adapter merged (eval.weights=dequantized)", cfg)):
         model = modeling.load_eval_model(run_cfg, None).eval()
         out, secs = timed(lambda: predict(model, tokenizer, run_cfg, examples))
         rows.append((label, secs, [r["pred"] for r in out]))
