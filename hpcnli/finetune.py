@@ -166,6 +166,7 @@ def main(cfg, paths: RunPaths) -> dict:
         accelerator.unwrap_model(model).save_pretrained(paths.adapter, safe_serialization=True)
         metrics["adapter_bytes"] = sum(f.stat().st_size for f in paths.adapter.rglob("*") if f.is_file())
         write_json(paths.train_metrics, metrics)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the final adapter supersedes them
         log.info("trained %d steps in %.1f s; adapter in %s", state["step"], runtime, paths.adapter)
     return metrics
 
