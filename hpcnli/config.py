@@ -19,7 +19,7 @@ import yaml
 from hpcnli.synthetic import MAX_TRAIN_SIZE
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 where it is fast, else float32
-SCORING_MODES = ("verbalizer",)  # "head" (classification head via pipeline) is not built yet
+SCORING_MODES = ("verbalizer", "head")
 SCHEDULERS = ("linear", "cosine", "constant")
 
 
@@ -71,7 +71,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    scoring: str = "verbalizer"  # "verbalizer": label-word log-likelihood at the answer position
+    # "verbalizer": label-word log-likelihood at the answer position; "head": a 3-way classification
+    # head read through pipeline("text-classification") (random before fine-tuning, as in the original)
+    scoring: str = "verbalizer"
     prompt: str = (
         "Premise: {premise}\nHypothesis: {hypothesis}\n"
         "Does the premise entail the hypothesis? Answer yes, maybe or no.\nAnswer:"
@@ -251,9 +253,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"got {cfg.data.synthetic_train_size}")
     for k in ("train", "test"):
         need(bool(getattr(cfg.data, k).strip()), f"data.{k}: empty; use 'synthetic', 'hub:<id>:<split>' or a file path")
-    need(cfg.task.scoring != "head", "task.scoring: 'head' (a classification head read through "
-         "pipeline('text-classification')) is not implemented yet; use 'verbalizer'")
-    need(cfg.task.scoring in SCORING_MODES + ("head",), f"task.scoring: {cfg.task.scoring!r} is not one of {SCORING_MODES}")
+    need(cfg.task.scoring in SCORING_MODES, f"task.scoring: {cfg.task.scoring!r} is not one of {SCORING_MODES}")
     need(len(cfg.task.label_words) == 3,
          f"task.label_words: need exactly 3 words (entailment, neutral, contradiction), got {len(cfg.task.label_words)}")
     need(len(set(cfg.task.label_words)) == len(cfg.task.label_words), "task.label_words: words must differ")

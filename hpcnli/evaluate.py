@@ -39,9 +39,32 @@ def shard_examples(cfg, paths: RunPaths, shard: int) -> list[dict]:
     return test.examples[lo:hi]
 
 
+def predict_with_pipeline(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
+    """task.scoring "head": the classification head read through pipeline("text-classification")."""
+    import math
+
+    from peft import PeftModel
+    from transformers import pipeline
+
+    if isinstance(model, PeftModel):  # unmerged 4-bit model: the adapters stay active inside
+        model = model.get_base_model()
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    texts = [modeling.format_prompt(cfg.task.prompt, e) for e in examples]
+    outputs = classify(texts, batch_size=cfg.eval.batch_size, top_k=None, truncation=True,
+                       max_length=cfg.task.max_length)
+    rows = []
+    for e, out in zip(examples, outputs):
+        by_label = {d["label"]: d["score"] for d in out}
+        s = [math.log(max(by_label[f"LABEL_{k}"], 1e-30)) for k in range(3)]
+        rows.append({"id": e["id"], "gold": e["label"], "pred": max(range(3), key=s.__getitem__), "scores": s})
+    return rows
+
+
 @torch.inference_mode()
 def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
     """Label-word scoring in length-sorted batches; rows come back in the examples' order."""
+    if cfg.task.scoring == "head":
+        return predict_with_pipeline(model, tokenizer, cfg, examples)
     label_ids = torch.tensor(modeling.label_token_ids(tokenizer, cfg.task.label_words))
     prompts = modeling.tokenize_prompts(tokenizer, cfg, examples)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

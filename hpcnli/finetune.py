@@ -91,7 +91,8 @@ def main(cfg, paths: RunPaths) -> dict:
     log.info("parameters: %s", params)
 
     prompts = modeling.tokenize_prompts(tokenizer, cfg, train.examples)
-    answers = torch.tensor([label_ids[e["label"]] for e in train.examples])
+    head = cfg.task.scoring == "head"
+    answers = torch.tensor([e["label"] if head else label_ids[e["label"]] for e in train.examples])
     batches_per_epoch = math.ceil(len(prompts) / t.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
@@ -119,7 +120,8 @@ def main(cfg, paths: RunPaths) -> dict:
         for b, idx in enumerate(batches[first:], start=first):
             with accelerator.accumulate(model):
                 input_ids, mask = modeling.pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
-                logits = modeling.answer_logits(model, input_ids.to(accelerator.device), mask.to(accelerator.device))
+                logits = modeling.training_logits(model, cfg, input_ids.to(accelerator.device),
+                                                  mask.to(accelerator.device))
                 loss = torch.nn.functional.cross_entropy(logits.float(), answers[idx].to(accelerator.device))
                 accelerator.backward(loss)
                 optimizer.step()

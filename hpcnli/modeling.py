@@ -68,7 +68,7 @@ def _packaged_dir(name: str) -> Path:
 
         log.info("converting %s/%s to safetensors in %s (once)", src, gguf_file, target)
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.bfloat16)
+        model = auto.from_pretrained(src, gguf_file=gguf_file, dtype=torch.bfloat16)
         # The GGUF weights are dequantized on load; drop the GGUF marker so they save as plain tensors.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -125,14 +125,23 @@ def quantization_config(cfg):
 
 
 def load_base_model(cfg, device_map=None):
-    """The frozen base model: 4-bit NF4 when configured, else in model.dtype. Safetensors only."""
-    from transformers import AutoModelForCausalLM
+    """The frozen base model: 4-bit NF4 when configured, else in model.dtype. Safetensors only.
+
+    With task.scoring "head" it is a sequence classifier whose 3-way head starts untrained (as in the
+    original assignment); the seed makes that random head the same in every process.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     where, kwargs = resolve_model(cfg.model)
+    auto = AutoModelForCausalLM
+    if cfg.task.scoring == "head":
+        auto = AutoModelForSequenceClassification
+        kwargs.update(num_labels=3, pad_token_id=load_tokenizer(cfg).pad_token_id)
+        torch.manual_seed(cfg.train.seed)
     if device_map is None and torch.cuda.is_available():
         device_map = {"": torch.cuda.current_device()}  # quantize straight onto this process's GPU
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             where, dtype=torch_dtype(cfg.model.dtype), quantization_config=quantization_config(cfg),
             trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True, device_map=device_map,
             **kwargs)
@@ -161,7 +170,8 @@ def add_lora(model, cfg):
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(cfg.lora.target_modules),
+                      task_type="SEQ_CLS" if cfg.task.scoring == "head" else "CAUSAL_LM")  # SEQ_CLS trains the head too
     return get_peft_model(model, lora)
 
 
@@ -256,6 +266,13 @@ def pad_left(batch_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         input_ids[i, width - len(ids):] = torch.tensor(ids)
         mask[i, width - len(ids):] = 1
     return input_ids, mask
+
+
+def training_logits(model, cfg, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """What the loss reads: the 3 head logits ("head"), or the next-token logits at the answer position."""
+    if cfg.task.scoring == "head":
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return answer_logits(model, input_ids, attention_mask)
 
 
 def answer_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -366,7 +366,7 @@ def test_hash_ignores_resources_name_and_output_root():
 
 
 @pytest.mark.parametrize("override", [
-    "train.learning_rate=1e-3", "train.seed=1", "lora.r=8", "task.label_words=[' true', ' maybe', ' false']", "data.test=other.jsonl",
+    "train.learning_rate=1e-3", "train.seed=1", "lora.r=8", "task.scoring=head", "data.test=other.jsonl",
     "model.name_or_path=some/model",
 ])
 def test_hash_changes_with_what_determines_predictions(override):
@@ -378,9 +378,3 @@ def test_train_defaults_match_documented_keys():
     import dataclasses
     assert tuple(f.name for f in dataclasses.fields(TrainConfig)) == TRAIN_KEYS
 
-
-def test_head_scoring_is_refused_until_built():
-    with pytest.raises(ConfigError) as e:
-        load_config(None, ["task.scoring=head"])
-    assert "task.scoring: 'head' (a classification head read through pipeline('text-classification')) " \
-           "is not implemented yet; use 'verbalizer'" in str(e.value)

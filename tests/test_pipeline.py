@@ -115,3 +115,22 @@ def test_resume_redoes_only_the_missing_shard(smoke_run, tmp_path):
     after = {m: [p.shard_predictions(m, s).read_text() for s in range(2)] for m in MODELS}
     assert after == before  # identical predictions to the undisturbed run
     assert json.loads(p.report_json.read_text())["complete"]
+
+
+def test_head_scoring_end_to_end(tmp_path):
+    """task.scoring=head: a 3-way head (random before training) read through pipeline("text-classification")."""
+    run_dir = tmp_path / "head"
+    run_cli("hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--run-dir", run_dir,
+            "task.scoring=head")
+    p = RunPaths(run_dir)
+    rep = json.loads(p.report_json.read_text())
+    assert rep["complete"] and rep["config"]["task"]["scoring"] == "head"
+    for m in MODELS:
+        rows = [r for s in range(2) for r in read_jsonl(p.shard_predictions(m, s))]
+        assert len(rows) == 24 and all(len(r["scores"]) == 3 for r in rows)
+        assert rep["models"][m]["correct"] == sum(r["pred"] == r["gold"] for r in rows)
+    cfg = load_config(p.config)
+    params = json.loads(p.train_metrics.read_text())["parameters"]
+    hidden = 576  # SmolLM2-135M
+    lora = 30 * cfg.lora.r * ((hidden + hidden) * 2 + (hidden + 192) * 2)  # q, o: 576->576; k, v: 576->192
+    assert params["trainable"] == lora + 3 * hidden  # LoRA plus the trained copy of the 3-way head
