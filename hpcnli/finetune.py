@@ -93,7 +93,7 @@ def main(cfg, paths: RunPaths) -> dict:
     prompts = modeling.tokenize_prompts(tokenizer, cfg, train.examples)
     head = cfg.task.scoring == "head"
     answers = torch.tensor([e["label"] if head else label_ids[e["label"]] for e in train.examples])
-    batches_per_epoch = math.ceil(len(prompts) / t.batch_size)
+    batches_per_epoch = max(1, math.ceil(len(prompts) / t.batch_size) // accelerator.num_processes)  # per process
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -116,6 +116,9 @@ def main(cfg, paths: RunPaths) -> dict:
     t0 = time.perf_counter() - state["elapsed_s"]
     for epoch in range(state["epoch"], epochs):
         batches = _batches(len(prompts), t.batch_size, t.seed, epoch)
+        # Several processes (multi-GPU / multi-node): each takes every num_processes-th batch, equal counts.
+        batches = batches[accelerator.process_index:batches_per_epoch * accelerator.num_processes:
+                          accelerator.num_processes]
         first = state["batch"] if epoch == state["epoch"] else 0
         for b, idx in enumerate(batches[first:], start=first):
             with accelerator.accumulate(model):
@@ -127,7 +130,7 @@ def main(cfg, paths: RunPaths) -> dict:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            state["seen"] += len(idx)
+            state["seen"] += len(idx) * accelerator.num_processes
             state["tokens"] += int(mask.sum())
             window.append(loss.item())
             if not accelerator.sync_gradients:
