@@ -99,7 +99,8 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
     base = {"schema_version": SCHEMA_VERSION, "run": paths.name, "config": cfg.to_dict(),
             "config_hash": cfg.hash(), "test_set": {k: v for k, v in manifest.items() if k != "ids"},
             "training": train, "shards": shard_metrics,
-            "provenance": read_json(paths.provenance) if paths.provenance.is_file() else None}
+            "provenance": read_json(paths.provenance) if paths.provenance.is_file() else None,
+            "slurm_jobs": slurm_jobs(paths)}
     if problems:
         missing = sum(p["examples"] for p in problems)
         return {**base, "complete": False, "problems": problems, "missing_examples": missing}
@@ -139,6 +140,15 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
             "comparison": stats.paired_difference(base_ok, tuned_ok),
             "fixed_examples": table(_pick(fixed, max_examples, "fixed")),
             "broken_examples": table(_pick(broken, max_examples, "broken"))}
+
+
+def slurm_jobs(paths: RunPaths) -> dict:
+    """Queue wait and times of the run's Slurm jobs (sacct); empty for local runs or without sacct."""
+    from hpcnli.status import sacct_times
+
+    if not paths.plan.is_file():
+        return {}
+    return sacct_times([str(j) for j in read_json(paths.plan).get("job_ids", [])])
 
 
 def wall_span(metrics: list[dict]) -> float:

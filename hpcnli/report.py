@@ -170,6 +170,12 @@ def render(rep: dict, plots: list[tuple[str, str]]) -> str:
         for s in rep["shards"][m]:
             out.append(f"| {m} | {s['shard']} | {s['examples']} | {s['runtime_s']:.1f} | {s['model_load_s']:.1f} | "
                        f"{_num(s['examples_per_s'])} | {_mb(s['memory'])} | {s['job'].get('node', 'n/a')} |")
+    jobs = rep.get("slurm_jobs") or {}
+    if jobs:
+        out += ["", "### Slurm jobs (sacct)", "", "| job | name | state | queue wait s | start | end |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {j} | {v['name']} | {v['state']} | {v['queue_wait_s']:,.0f} | {v['start']} | {v['end']} |"
+                for j, v in jobs.items()]
     out += ["", "## Provenance", "", f"- config hash `{rep['config_hash']}`; test-set ids hash `{ts['ids_hash']}`",
             f"- device: {train.get('device', 'n/a')}; scoring `{cfg['task']['scoring']}`, label words "
             f"{cfg['task']['label_words']}, left padding, eval batch {cfg['eval']['batch_size']}",

@@ -29,6 +29,25 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def sacct_times(job_ids: list[str]) -> dict[str, dict]:
+    """job id -> state, submit/start/end and queue wait (start - submit) in seconds, from sacct."""
+    from datetime import datetime
+
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    out = subprocess.run(["sacct", "--noheader", "--parsable2", "--format=JobID,JobName,State,Submit,Start,End",
+                          "--jobs", ",".join(job_ids)], capture_output=True, text=True)
+    rows = {}
+    for line in out.stdout.splitlines():
+        job, name, state, submit, start, end = line.split("|")
+        if "." in job or start in ("Unknown", "None", ""):
+            continue
+        wait = datetime.fromisoformat(start).timestamp() - datetime.fromisoformat(submit).timestamp()
+        rows[job] = {"name": name, "state": state.split()[0], "submit": submit, "start": start, "end": end,
+                     "queue_wait_s": wait}
+    return rows
+
+
 def shard_counts(paths: RunPaths, num_shards: int) -> dict[str, int]:
     return {m: sum(paths.shard_predictions(m, s).is_file() and paths.shard_metrics(m, s).is_file()
                    for s in range(num_shards)) for m in MODELS}
