@@ -87,6 +87,8 @@ def test_submitit_pipeline_arrays_and_dependencies(slurm_cluster, tmp_path):
     assert ts(rows[reduce_]["start"]) >= max(ts(rows[f"{a}_{i}"]["end"]) for a in (base, tuned) for i in (0, 1))
     rep = check_complete_report(run_dir)
     assert {s["job"]["array_job_id"] for s in rep["shards"]["base"]} == {base}
+    assert rep["slurm_jobs"][train]["state"] == "COMPLETED" and rep["slurm_jobs"][train]["queue_wait_s"] >= 0
+    assert f"{base}_1" in rep["slurm_jobs"] and "queue wait s" in (run_dir / "report.md").read_text()
 
     status = run_cli("hpcnli.status", run_dir).stdout
     assert f"array {base}: {base}_0 COMPLETED, {base}_1 COMPLETED" in status
