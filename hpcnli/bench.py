@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     where, _ = modeling.resolve_model(cfg.model)
     fp32 = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval()
     base_preds, base_s = timed(lambda: per_example_loop(fp32, tokenizer, cfg, examples))
-    del fp32
+    fp32 = None  # free it before the next model loads
     rows = [("per-example loop, fp32 (seed style)", base_s, base_preds)]
 
     four_bit = load_config(args.config, [f"data.test={args.data}", "eval.weights=4bit"])
@@ -67,9 +67,9 @@ def main(argv=None) -> None:
         model = modeling.load_eval_model(run_cfg, None).eval()
         out, secs = timed(lambda: predict(model, tokenizer, run_cfg, examples))
         rows.append((label, secs, [r["pred"] for r in out]))
-        del model
+        model = None
 
-    print(f"\n| path | seconds | examples/s | speed-up vs per-example | agreement with 4-bit |")
+    print("\n| path | seconds | examples/s | speed-up vs per-example | agreement with 4-bit |")
     print("|---|---|---|---|---|")
     ref4 = rows[1][2]
     for label, secs, preds in rows:

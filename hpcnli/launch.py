@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import submitit
 

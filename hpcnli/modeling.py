@@ -68,7 +68,7 @@ def _packaged_dir(name: str) -> Path:
 
         log.info("converting %s/%s to safetensors in %s (once)", src, gguf_file, target)
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
-        model = auto.from_pretrained(src, gguf_file=gguf_file, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.bfloat16)
         # The GGUF weights are dequantized on load; drop the GGUF marker so they save as plain tensors.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from hpcnli.config import load_config
 from hpcnli.io import read_jsonl
 from hpcnli.paths import MODELS, RunPaths
