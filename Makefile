@@ -30,7 +30,7 @@ cluster-down:
 	HPCNLI_SLURM_DIR=$(SLURM_DIR) slurm/local-cluster.sh down
 
 test: setup cluster-up
-	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra tests
+	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra --durations=15 tests
 
 bench: setup
 	$(PY) -m hpcnli.bench
