@@ -201,7 +201,11 @@ def wait_for(paths: RunPaths, reduce_job) -> int:
             plan = read_json(paths.plan)
             if plan["submissions"][-1]["jobs"]["reduce"] != job_id:
                 continue  # the reduce job resubmitted missing shards: follow the new one
-            state = job.state
-            print(f"reduce job {job_id}: {state}; report: {paths.report_md}", flush=True)
-            return 0 if state == "COMPLETED" and paths.report_md.is_file() else 1
+            # Judge by submitit's result file, not the Slurm state: the job may still read RUNNING for a
+            # moment after its function has returned.
+            error = job.exception()
+            ok = error is None and paths.report_md.is_file()
+            outcome = "succeeded" if ok else f"failed ({str(error).splitlines()[0] if error else 'no report'})"
+            print(f"reduce job {job_id}: {outcome}; report: {paths.report_md}", flush=True)
+            return 0 if ok else 1
         time.sleep(5)
