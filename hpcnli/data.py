@@ -152,11 +152,25 @@ def subset(data: NLIData, max_examples: int, seed: int) -> NLIData:
     return NLIData([data.examples[i] for i in keep], data.source, data.dropped)
 
 
+def split_holdout(data: NLIData, n: int, seed: int) -> tuple[NLIData, NLIData]:
+    """(rest, held out): n seeded random examples set aside, both kept in the source's order."""
+    if n >= len(data.examples):
+        raise DataError(f"data.holdout: {n} would leave nothing to train on ({data.source} has "
+                        f"{len(data.examples)} examples with a gold label); make it smaller")
+    held = set(random.Random(seed + 2).sample(range(len(data.examples)), n)) if n else set()
+    pick = lambda inside: [e for i, e in enumerate(data.examples) if (i in held) == inside]  # noqa: E731
+    return (NLIData(pick(False), data.source, data.dropped),
+            NLIData(pick(True), f"holdout:{n}:{data.source}", 0))
+
+
 def load_split(cfg, split: str) -> NLIData:
-    """The train or test examples of a run config, subset applied."""
+    """The train or test examples of a run config, hold-out and subset applied."""
     d = cfg.data
-    if split == "train":
-        data = load_source(d.train, "train", d.synthetic_train_size)
-        return subset(data, d.max_train_examples, d.subset_seed)
-    data = load_source(d.test, "test", d.synthetic_test_size)
+    if split == "train" or d.test == "holdout":
+        rest, held = split_holdout(load_source(d.train, "train", d.synthetic_train_size), d.holdout, d.subset_seed)
+        if split == "train":
+            return subset(rest, d.max_train_examples, d.subset_seed)
+        data = held
+    else:
+        data = load_source(d.test, "test", d.synthetic_test_size)
     return subset(data, d.max_test_examples, d.subset_seed + 1)

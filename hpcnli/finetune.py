@@ -27,11 +27,22 @@ from hpcnli.logs import setup_logging
 log = logging.getLogger("hpcnli.finetune")
 
 
-def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batch order of one epoch: a function of (seed, epoch) alone, so a resumed run can skip ahead."""
-    order = list(range(n))
-    random.Random(seed * 1000 + epoch).shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
+    """The batch order of one epoch: a function of (seed, epoch) alone, so a resumed run can skip ahead.
+
+    by_length: shuffle, sort each window of 16 batches by prompt length, cut it into batches, then
+    shuffle the batches, so that rows of a batch have similar lengths (little padding to compute on).
+    """
+    rng = random.Random(seed * 1000 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if by_length:
+        window = 16 * batch_size
+        order = [i for w in range(0, len(order), window) for i in sorted(order[w:w + window], key=lengths.__getitem__)]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if by_length:
+        rng.shuffle(batches)
+    return batches
 
 
 def latest_checkpoint(paths: RunPaths) -> Path | None:
@@ -92,7 +103,11 @@ def main(cfg, paths: RunPaths) -> dict:
 
     prompts = modeling.tokenize_prompts(tokenizer, cfg, train.examples)
     head = cfg.task.scoring == "head"
-    answers = torch.tensor([e["label"] if head else label_ids[e["label"]] for e in train.examples])
+    # The loss target: the class index over 3 logits (head, or the 3 label-word logits), or the label
+    # word's token id over the whole vocabulary (train.loss "vocab").
+    over_vocab = not head and t.loss == "vocab"
+    answers = torch.tensor([label_ids[e["label"]] if over_vocab else e["label"] for e in train.examples])
+    lengths = [len(p) for p in prompts]
     batches_per_epoch = max(1, math.ceil(len(prompts) / t.batch_size) // accelerator.num_processes)  # per process
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
     total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
@@ -115,7 +130,7 @@ def main(cfg, paths: RunPaths) -> dict:
     window = []
     t0 = time.perf_counter() - state["elapsed_s"]
     for epoch in range(state["epoch"], epochs):
-        batches = _batches(len(prompts), t.batch_size, t.seed, epoch)
+        batches = _batches(lengths, t.batch_size, t.seed, epoch, t.group_by_length)
         # Several processes (multi-GPU / multi-node): each takes every num_processes-th batch, equal counts.
         batches = batches[accelerator.process_index:batches_per_epoch * accelerator.num_processes:
                           accelerator.num_processes]
@@ -125,6 +140,8 @@ def main(cfg, paths: RunPaths) -> dict:
                 input_ids, mask = modeling.pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
                 logits = modeling.training_logits(model, cfg, input_ids.to(accelerator.device),
                                                   mask.to(accelerator.device))
+                if not head and not over_vocab:
+                    logits = logits[:, label_ids]
                 loss = torch.nn.functional.cross_entropy(logits.float(), answers[idx].to(accelerator.device))
                 accelerator.backward(loss)
                 optimizer.step()

@@ -151,6 +151,13 @@ def load_base_model(cfg, device_map=None):
     return model
 
 
+def check_top_layers(model_config, top_layers: int) -> None:
+    n_layers = model_config.num_hidden_layers
+    if top_layers > n_layers:
+        raise ModelError(f"lora.top_layers: {top_layers} is more than the model's {n_layers} layers; "
+                         f"use 1..{n_layers}, or 0 for all")
+
+
 def check_target_modules(model, target_modules) -> None:
     leaf_names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if len(list(mod.children())) == 0}
     missing = [t for t in target_modules if t not in leaf_names]
@@ -163,14 +170,18 @@ def add_lora(model, cfg):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     check_target_modules(model, cfg.lora.target_modules)
+    check_top_layers(model.config, cfg.lora.top_layers)
     if cfg.quantization.load_in_4bit:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    n_layers = model.config.num_hidden_layers
+    top = cfg.lora.top_layers
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules),
+                      layers_to_transform=list(range(n_layers - top, n_layers)) if top else None,
                       task_type="SEQ_CLS" if cfg.task.scoring == "head" else "CAUSAL_LM")  # SEQ_CLS trains the head too
     return get_peft_model(model, lora)
 

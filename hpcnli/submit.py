@@ -47,6 +47,7 @@ def check_model(cfg: RunConfig) -> None:
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
     modeling.check_target_modules(empty, cfg.lora.target_modules)
+    modeling.check_top_layers(model_config, cfg.lora.top_layers)
 
 
 def provenance() -> dict:

@@ -23,7 +23,7 @@ from hpcnli.config import (
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILES = sorted((ROOT / "jobs").glob("*.yaml"))
 TRAIN_KEYS = ("batch_size", "grad_accum", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay",
-              "epochs", "max_steps", "checkpoint_every", "gradient_checkpointing", "seed", "log_every")
+              "epochs", "max_steps", "group_by_length", "loss", "checkpoint_every", "gradient_checkpointing", "seed", "log_every")
 
 
 def write_yaml(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
@@ -129,6 +129,9 @@ def test_other_wrong_types(tmp_path, text, key):
     ("task:\n  max_length: 8\n", "task.max_length", ">= 16"),
     ("train:\n  epochs: 0\n  max_steps: 0\n", "train.epochs / train.max_steps", "max_steps > 0"),
     ("name: ../elsewhere\n", "name", "letters, digits"),
+    ("lora:\n  top_layers: -1\n", "lora.top_layers", "must be >= 0"),
+    ("data:\n  test: holdout\n", "data.test", "set data.holdout"),
+    ("train:\n  loss: mse\n", "train.loss", "not one of ('labels', 'vocab')"),
 ])
 def test_impossible_values(tmp_path, text, key, expect):
     (p,) = problems_of(tmp_path, text)

@@ -108,6 +108,25 @@ def test_snli_validation_counts_labels_and_ids():
 
 
 @needs_snli
+def test_holdout_is_disjoint_from_training_and_stable():
+    ov = [f"data.train={SNLI / 'validation.jsonl'}", "data.holdout=800", "data.test=holdout"]
+    train, held = load_split(load_config(None, ov), "train"), load_split(load_config(None, ov), "test")
+    assert len(train.examples) == 9842 - 800 and len(held.examples) == 800
+    assert not {e["id"] for e in train.examples} & {e["id"] for e in held.examples}
+    assert held.source == f"holdout:800:{SNLI / 'validation.jsonl'}"
+    # A training subset is drawn from what is left, never from the held-out slice.
+    small = load_split(load_config(None, ov + ["data.max_train_examples=500"]), "train")
+    assert {e["id"] for e in small.examples} <= {e["id"] for e in train.examples}
+    assert [e["id"] for e in load_split(load_config(None, ov), "test").examples] == [e["id"] for e in held.examples]
+
+
+def test_holdout_larger_than_the_data_is_refused():
+    cfg = load_config(None, ["data.synthetic_train_size=50", "data.holdout=50", "data.test=holdout"])
+    with pytest.raises(DataError, match="data.holdout: 50 would leave nothing to train on"):
+        load_split(cfg, "train")
+
+
+@needs_snli
 def test_snli_test_examples_well_formed_and_stable(snli_test):
     ex = snli_test.examples
     assert Counter(e["label"] for e in ex).keys() == {0, 1, 2}

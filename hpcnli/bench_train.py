@@ -1,0 +1,65 @@
+"""Training speed, measured side by side in one process: the first recipe against the tuned one.
+
+    python -m hpcnli.bench_train [--config jobs/snli_cpu.yaml] [--steps 8]
+
+Each row runs the real training loop (`hpcnli.finetune.main`) for the same number of optimizer
+steps on the same training pairs, adding one change at a time to the first session's recipe (long
+prompt, LoRA dropout 0.05, loss over the whole vocabulary, random batches) until it is the recipe of
+--config; a last row also restricts LoRA to the top layers. Prints examples/s, prompt tokens/s and
+the speed-up over the first row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from hpcnli import finetune
+from hpcnli.config import TaskConfig, load_config
+from hpcnli.paths import RunPaths
+
+FIRST_RECIPE = [f"task.prompt={json.dumps(TaskConfig.prompt)}",
+                f"task.label_words=[{', '.join(repr(w) for w in TaskConfig.label_words)}]",
+                "lora.dropout=0.05", "lora.top_layers=0", "train.loss=vocab", "train.group_by_length=false"]
+STEPS = [  # (row label, the overrides of FIRST_RECIPE that the row drops, the overrides it adds)
+    ("first recipe: long prompt, LoRA dropout 0.05, vocabulary loss, random batches", (), ()),
+    ("+ loss over the 3 label words", ("train.loss",), ()),
+    ("+ batches grouped by length", ("train.group_by_length",), ()),
+    ("+ the config's prompt", ("task.prompt", "task.label_words"), ()),
+    ("+ the config's LoRA dropout (= the config's recipe)", ("lora.dropout",), ()),
+    ("+ LoRA on the top 15 layers only (not the config's recipe: less accurate per example)", (), ("lora.top_layers=15",)),
+]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="jobs/snli_cpu.yaml")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per row (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    fixed = [f"train.max_steps={args.steps}", "train.checkpoint_every=0", "train.log_every=1"]
+
+    rows, kept = [], list(FIRST_RECIPE)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, dropped, added) in enumerate(STEPS):
+            kept = [o for o in kept if not o.startswith(dropped)] + list(added)
+            cfg = load_config(args.config, kept + fixed)
+            paths = RunPaths(Path(tmp) / f"row{i}")
+            paths.run_dir.mkdir()
+            m = finetune.main(cfg, paths)
+            rows.append((label, m))
+            print(f"{label}: {m['examples_per_s']:.2f} examples/s", flush=True)
+
+    first = rows[0][1]["examples_per_s"]
+    print(f"\n{args.steps} steps of batch {cfg.train.batch_size} per row on {cfg.data.train}; {rows[0][1]['device']}\n")
+    print("| recipe | examples/s | prompt tokens/s | speed-up |")
+    print("|---|---|---|---|")
+    for label, m in rows:
+        print(f"| {label} | {m['examples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {m['examples_per_s'] / first:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

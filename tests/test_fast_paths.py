@@ -1,0 +1,81 @@
+"""The fast paths give what the simple paths give, on a small real set (speed itself: hpcnli.bench*)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import ROOT, SNLI
+from hpcnli import data as nli_data
+from hpcnli import modeling
+from hpcnli.bench import per_example_loop
+from hpcnli.config import load_config
+from hpcnli.evaluate import predict
+from hpcnli.finetune import _batches
+
+needs_snli = pytest.mark.skipif(not (SNLI / "test.jsonl").is_file(), reason="../shared/snli not present")
+OVERRIDES = [f"data.test={SNLI / 'test.jsonl'}", "data.max_test_examples=40", "eval.batch_size=16"]
+
+
+CONFIG = str(ROOT / "jobs" / "snli_cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def snli_cfg():
+    return load_config(CONFIG, OVERRIDES)
+
+
+@needs_snli
+def test_batched_scoring_matches_one_example_at_a_time(snli_cfg):
+    examples = nli_data.load_split(snli_cfg, "test").examples
+    tokenizer = modeling.load_tokenizer(snli_cfg)
+    model = modeling.load_eval_model(snli_cfg, None).eval()
+    batched = predict(model, tokenizer, snli_cfg, examples)
+    single = per_example_loop(model, tokenizer, snli_cfg, examples)
+    assert [r["pred"] for r in batched] == single
+    assert [r["id"] for r in batched] == [e["id"] for e in examples]
+
+
+@needs_snli
+def test_dequantized_weights_score_like_the_4bit_model(snli_cfg):
+    examples = nli_data.load_split(snli_cfg, "test").examples
+    tokenizer = modeling.load_tokenizer(snli_cfg)
+    runs = {}
+    for weights in ("dequantized", "4bit"):
+        cfg = load_config(CONFIG, OVERRIDES + [f"eval.weights={weights}"])
+        runs[weights] = predict(modeling.load_eval_model(cfg, None).eval(), tokenizer, cfg, examples)
+    deq = torch.tensor([r["scores"] for r in runs["dequantized"]])
+    q4 = torch.tensor([r["scores"] for r in runs["4bit"]])
+    torch.testing.assert_close(deq, q4, atol=2e-3, rtol=0)
+
+
+def test_length_grouped_batches_cover_every_example_once_and_repeat():
+    lengths = [(i * 37) % 50 + 5 for i in range(1000)]
+    batches = _batches(lengths, 16, seed=3, epoch=1, by_length=True)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == _batches(lengths, 16, seed=3, epoch=1, by_length=True)
+    assert batches != _batches(lengths, 16, seed=3, epoch=2, by_length=True)
+    # Grouping cuts padding: the summed batch widths shrink against random batches.
+    width = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
+    assert width(batches) < 0.8 * width(_batches(lengths, 16, seed=3, epoch=1, by_length=False))
+
+
+def test_top_layers_adapt_only_the_top_layers_and_backward_stops_there():
+    cfg = load_config(None, ["lora.top_layers=3", "lora.target_modules=[q_proj, v_proj]"])
+    model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
+    n_layers = model.config.num_hidden_layers
+    adapted = Counter(int(name.split(".layers.")[1].split(".")[0])
+                      for name, p in model.named_parameters() if p.requires_grad)
+    assert set(adapted) == set(range(n_layers - 3, n_layers))
+    tokenizer = modeling.load_tokenizer(cfg)
+    ids, mask = modeling.pad_left(modeling.tokenize_prompts(tokenizer, cfg, nli_data.load_split(cfg, "train").examples[:4]),
+                                  tokenizer.pad_token_id)
+    seen = []
+    hooks = [layer.register_full_backward_hook(lambda m, gi, go, i=i: seen.append(i))
+             for i, layer in enumerate(model.base_model.model.model.layers)]
+    modeling.answer_logits(model, ids, mask).sum().backward()
+    for h in hooks:
+        h.remove()
+    assert set(seen) == set(range(n_layers - 3, n_layers))
