@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 HOLDOUT = ["data.holdout=800", "data.test=holdout", "data.max_test_examples=0", "eval.num_shards=1",
-           "train.epochs=1", "train.max_steps=0"]  # one pass, whatever schedule the config gives
+           "train.epochs=1", "train.max_steps=0", "train.max_grad_norm=0"]  # as the tries ran, whatever the config says
 PROMPTS = {
     "long": ("Premise: {premise}\nHypothesis: {hypothesis}\n"
              "Does the premise entail the hypothesis? Answer yes, maybe or no.\nAnswer:", ["' yes'", "' maybe'", "' no'"]),

@@ -3,8 +3,9 @@
     python -m hpcnli.bench [--examples 300] [--data ../shared/snli/test.jsonl] [--prompt harness]
                            [--lm-eval bench/.venv-lmeval/bin/lm_eval]
 
-Rows: the seed-style loop (one example per forward pass, fp32, full logits), the project's batched
-path on the 4-bit model, and on the dequantized bf16 model (what `eval.weights: dequantized` runs).
+Rows: the seed-style loop (one example per forward pass, fp32, full logits, unquantized weights),
+the project's batched path on the 4-bit model, and on that model dequantized to model.dtype (what
+`eval.weights: dequantized` runs); with --adapter, the batched rows score the fine-tuned model.
 With --lm-eval (a venv made by bench/lm_eval_venv.sh), EleutherAI lm-evaluation-harness scores the
 same examples, prompt and label words in a subprocess; --prompt harness gives all rows its prompt.
 Prints examples/s, the ratio to the per-example loop, and agreement of predictions with it.
@@ -112,6 +113,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default=str(Path("..") / "shared" / "snli" / "test.jsonl"),
                         help="test file (default: %(default)s; 'synthetic' works offline anywhere)")
     parser.add_argument("--config", default="jobs/default.yaml")
+    parser.add_argument("--adapter", type=Path,
+                        help="a run's adapter directory: the batched rows score the fine-tuned model (use that run's "
+                             "config.yaml as --config)")
     parser.add_argument("--prompt", choices=sorted(PROMPTS), default="config",
                         help="'harness': the harness-style prompt and label words True/Neither/False for every row")
     parser.add_argument("--lm-eval", metavar="BIN",
@@ -137,9 +141,10 @@ def main(argv=None) -> None:
 
     four_bit = load_config(args.config, [*overrides, "eval.weights=4bit"])
     dtype = str(modeling.torch_dtype(cfg.model.dtype)).removeprefix("torch.")
-    for label, run_cfg in (("batched, 4-bit NF4 (eval.weights=4bit)", four_bit),
-                           (f"batched, dequantized to {dtype}, adapter merged (eval.weights=dequantized)", cfg)):
-        model = modeling.load_eval_model(run_cfg, None).eval()
+    merged = ", adapter merged" if args.adapter else ""
+    for label, run_cfg in ((f"batched, 4-bit NF4{', adapter unmerged' if args.adapter else ''} (eval.weights=4bit)", four_bit),
+                           (f"batched, dequantized to {dtype}{merged} (eval.weights=dequantized)", cfg)):
+        model = modeling.load_eval_model(run_cfg, args.adapter).eval()
         out, secs = timed(lambda: predict(model, tokenizer, run_cfg, examples))
         rows.append((label, secs, [r["pred"] for r in out]))
         model = None

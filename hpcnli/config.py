@@ -57,7 +57,7 @@ class LoraConfig:
     dropout: float = 0.0  # > 0 copies every adapted layer's input each step: 1.3x slower training on a CPU
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     # Adapt only the top N transformer layers (0 = all). Backward then stops at the lowest adapted
-    # layer, so the layers below run forward only: the main training-speed lever on a CPU.
+    # layer, so training is faster, but it learns less per example (results/snli-tuning/NOTES.md).
     top_layers: int = 0
 
 
@@ -97,6 +97,7 @@ class TrainConfig:
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # clip the gradient norm to this (0 = no clipping), as transformers' Trainer does
     epochs: int = 1
     max_steps: int = 0  # optimizer steps; 0 = run `epochs` full passes
     group_by_length: bool = True  # batches of similar length (less padding), in shuffled order
@@ -278,6 +279,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}")
     need(t.lr_scheduler in SCHEDULERS, f"train.lr_scheduler: {t.lr_scheduler!r} is not one of {SCHEDULERS}")
     need(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    need(t.max_grad_norm >= 0, f"train.max_grad_norm: must be >= 0 (0 = no clipping), got {t.max_grad_norm}")
     need(t.loss in LOSSES, f"train.loss: {t.loss!r} is not one of {LOSSES}")
     need(t.epochs > 0 or t.max_steps > 0, "train.epochs / train.max_steps: set epochs > 0 or max_steps > 0")
     need(t.max_steps >= 0, f"train.max_steps: must be >= 0, got {t.max_steps}")

@@ -144,6 +144,8 @@ def main(cfg, paths: RunPaths) -> dict:
                     logits = logits[:, label_ids]
                 loss = torch.nn.functional.cross_entropy(logits.float(), answers[idx].to(accelerator.device))
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

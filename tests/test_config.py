@@ -22,7 +22,7 @@ from hpcnli.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILES = sorted((ROOT / "jobs").glob("*.yaml"))
-TRAIN_KEYS = ("batch_size", "grad_accum", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay",
+TRAIN_KEYS = ("batch_size", "grad_accum", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm",
               "epochs", "max_steps", "group_by_length", "loss", "checkpoint_every", "gradient_checkpointing", "seed", "log_every")
 
 
