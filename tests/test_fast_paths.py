@@ -17,8 +17,6 @@ from hpcnli.finetune import _batches
 
 needs_snli = pytest.mark.skipif(not (SNLI / "test.jsonl").is_file(), reason="../shared/snli not present")
 OVERRIDES = [f"data.test={SNLI / 'test.jsonl'}", "data.max_test_examples=40", "eval.batch_size=16"]
-
-
 CONFIG = str(ROOT / "jobs" / "snli_cpu.yaml")
 
 
