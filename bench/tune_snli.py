@@ -17,19 +17,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hpcnli.bench import PROMPTS as BENCH_PROMPTS
+from hpcnli.config import TaskConfig
+
 HOLDOUT = ["data.holdout=800", "data.test=holdout", "data.max_test_examples=0", "eval.num_shards=1",
            "train.epochs=1", "train.max_steps=0", "train.max_grad_norm=0"]  # as the tries ran, whatever the config says
 PROMPTS = {
-    "long": ("Premise: {premise}\nHypothesis: {hypothesis}\n"
-             "Does the premise entail the hypothesis? Answer yes, maybe or no.\nAnswer:", ["' yes'", "' maybe'", "' no'"]),
-    "short": ("{premise}\nQuestion: {hypothesis} yes, maybe or no?\nAnswer:", ["' yes'", "' maybe'", "' no'"]),
-    "harness": ("{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:", ["' True'", "' Neither'", "' False'"]),
+    "long": (TaskConfig.prompt, TaskConfig.label_words),  # the package default
+    "short": ("{premise}\nQuestion: {hypothesis} yes, maybe or no?\nAnswer:", (" yes", " maybe", " no")),
+    "harness": BENCH_PROMPTS["harness"],
 }
 
 
 def prompt(name: str) -> list[str]:
     text, words = PROMPTS[name]
-    return [f"task.prompt={json.dumps(text)}", f"task.label_words=[{', '.join(words)}]"]
+    return [f"task.prompt={json.dumps(text)}", f"task.label_words={json.dumps(list(words))}"]
 
 
 # (name, what it tests, overrides). Fine-tuning tries see 1,600 pairs unless they say otherwise.

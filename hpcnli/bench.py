@@ -5,7 +5,9 @@
 
 Rows: the seed-style loop (one example per forward pass, fp32, full logits, unquantized weights),
 the project's batched path on the 4-bit model, and on that model dequantized to model.dtype (what
-`eval.weights: dequantized` runs); with --adapter, the batched rows score the fine-tuned model.
+`eval.weights: dequantized` runs), once with whole prompts and once with each premise run once for
+all its hypotheses (`eval.share_prefix`, the default); with --adapter, the batched rows score the
+fine-tuned model.
 With --lm-eval (a venv made by bench/lm_eval_venv.sh), EleutherAI lm-evaluation-harness scores the
 same examples, prompt and label words in a subprocess; --prompt harness gives all rows its prompt.
 Prints examples/s, the ratio to the per-example loop, and agreement of predictions with it.
@@ -31,17 +33,22 @@ from hpcnli.config import load_config
 from hpcnli.evaluate import predict
 from hpcnli.io import read_jsonl, write_jsonl
 
-PROMPTS = {
-    "config": [],  # task.prompt and task.label_words of --config
+PROMPTS = {  # --prompt name -> (task.prompt, task.label_words); "config" keeps those of --config
     # The harness's own MNLI prompt and choices (lm_eval/tasks/glue/mnli, which also adds a missing final
     # "." to the hypothesis); each label word is one token for SmolLM2.
-    "harness": ["task.prompt={premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
-                "task.label_words=[' True', ' Neither', ' False']"],
+    "harness": ("{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:", (" True", " Neither", " False")),
 }
 HARNESS_TASK = "hpcnli_bench"
 HARNESS_BATCH = 32
 # tqdm's final line for the harness's scoring loop, e.g. "... 90/90 [01:05<00:00, 1.38it/s]"
 SCORING_BAR = re.compile(r"Running loglikelihood requests: 100%\|[^|]*\| \d+/\d+ \[(?:(\d+):)?(\d+):(\d+)<")
+
+
+def prompt_overrides(name: str) -> list[str]:
+    if name == "config":
+        return []
+    text, words = PROMPTS[name]
+    return [f"task.prompt={json.dumps(text)}", f"task.label_words={json.dumps(list(words))}"]
 
 
 def per_example_loop(model, tokenizer, cfg, examples) -> list[int]:
@@ -109,24 +116,24 @@ def lm_eval_harness(binary: str, cfg, examples: list[dict], dtype: str) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=300)
+    parser.add_argument("--examples", type=int, default=300, help="the first N labelled pairs of --data (default: %(default)s)")
     parser.add_argument("--data", default=str(Path("..") / "shared" / "snli" / "test.jsonl"),
                         help="test file (default: %(default)s; 'synthetic' works offline anywhere)")
     parser.add_argument("--config", default="jobs/default.yaml")
     parser.add_argument("--adapter", type=Path,
                         help="a run's adapter directory: the batched rows score the fine-tuned model (use that run's "
                              "config.yaml as --config)")
-    parser.add_argument("--prompt", choices=sorted(PROMPTS), default="config",
+    parser.add_argument("--prompt", choices=["config", *PROMPTS], default="config",
                         help="'harness': the harness-style prompt and label words True/Neither/False for every row")
     parser.add_argument("--lm-eval", metavar="BIN",
                         help="python or lm_eval of a venv with lm-evaluation-harness (bench/lm_eval_venv.sh makes one)")
     args = parser.parse_args(argv)
-    overrides = [f"data.test={args.data}", f"data.max_test_examples={args.examples}", *PROMPTS[args.prompt]]
+    overrides = [f"data.test={args.data}", "data.max_test_examples=0", *prompt_overrides(args.prompt)]
     cfg = load_config(args.config, overrides)
     if args.lm_eval and not all(w.startswith(" ") for w in cfg.task.label_words):
         parser.error("--lm-eval: the harness puts a space before each choice; every task.label_words entry "
                      "must start with one")
-    examples = nli_data.load_split(cfg, "test").examples
+    examples = nli_data.load_split(cfg, "test").examples[:args.examples]  # in file order, as a shard gets them
     tokenizer = modeling.load_tokenizer(cfg)
     modeling.label_token_ids(tokenizer, cfg.task.label_words)  # one token each, checked before any model loads
     print(f"{len(examples)} examples from {args.data}; {modeling.device_name()}; torch {torch.__version__}")
@@ -139,11 +146,15 @@ def main(argv=None) -> None:
     fp32 = None  # free it before the next model loads
     rows = [("per-example loop, fp32 (seed style)", base_s, base_preds)]
 
-    four_bit = load_config(args.config, [*overrides, "eval.weights=4bit"])
     dtype = str(modeling.torch_dtype(cfg.model.dtype)).removeprefix("torch.")
-    merged = ", adapter merged" if args.adapter else ""
-    for label, run_cfg in ((f"batched, 4-bit NF4{', adapter unmerged' if args.adapter else ''} (eval.weights=4bit)", four_bit),
-                           (f"batched, dequantized to {dtype}{merged} (eval.weights=dequantized)", cfg)):
+    adapter = ", adapter merged" if args.adapter else ""
+    variants = [  # (row label, config overrides)
+        (f"batched, 4-bit NF4{', adapter unmerged' if args.adapter else ''} (eval.weights=4bit)", ["eval.weights=4bit"]),
+        (f"batched, dequantized to {dtype}{adapter}, whole prompts (eval.share_prefix=false)", ["eval.share_prefix=false"]),
+        (f"batched, dequantized to {dtype}{adapter}, premise run once per group (the default)", []),
+    ]
+    for label, extra in variants:
+        run_cfg = load_config(args.config, [*overrides, *extra])
         model = modeling.load_eval_model(run_cfg, args.adapter).eval()
         out, secs = timed(lambda: predict(model, tokenizer, run_cfg, examples))
         rows.append((label, secs, [r["pred"] for r in out]))

@@ -115,6 +115,9 @@ class EvalConfig:
     # "dequantized": both models on the 4-bit base dequantized to model.dtype, the adapter merged in
     # (the usual QLoRA deployment path, several times faster on CPU); "4bit": as trained, unmerged.
     weights: str = "dequantized"
+    # Prompts that share a premise share their first tokens: run those once per premise and reuse their
+    # key/value cache for each hypothesis (same scores up to float rounding). false = every prompt whole.
+    share_prefix: bool = True
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,14 @@ class JobEnvironment:
     def gpus(self) -> str | None:
         return self._env.get("CUDA_VISIBLE_DEVICES") or None
 
+    def match_torch_threads(self) -> None:
+        """Use as many torch threads as CPUs Slurm gave the task. Without cgroups (task/none) a task
+        sees every core of the node, and two 1-CPU shards on one node would each start a thread per core."""
+        if self.cpus_per_task:
+            import torch
+
+            torch.set_num_threads(self.cpus_per_task)
+
     def describe(self) -> dict:
         return {"job_id": self.job_id, "array_job_id": self.array_job_id, "array_task_id": self.array_task_id,
                 "node": self.node, "cpus_per_task": self.cpus_per_task, "restart_count": self.restart_count, "gpus": self.gpus}

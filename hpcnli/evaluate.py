@@ -60,26 +60,44 @@ def predict_with_pipeline(model, tokenizer, cfg, examples: list[dict]) -> list[d
     return rows
 
 
+def _prefix_chunks(examples: list[dict], prompts: list[list[int]], batch_size: int) -> list[list[tuple[list[int], int]]]:
+    """Premise groups sorted by shared length, batch_size groups to a chunk (one prefix batch each)."""
+    groups = sorted(modeling.shared_prefixes([e["premise"].strip() for e in examples], prompts), key=lambda g: g[1])
+    return [groups[i:i + batch_size] for i in range(0, len(groups), batch_size)]
+
+
+def _whole_prompt_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @torch.inference_mode()
 def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
-    """Label-word scoring in length-sorted batches; rows come back in the examples' order."""
+    """Label-word scoring in length-sorted batches; rows come back in the examples' order.
+
+    With eval.share_prefix, pairs that share a premise run the common start of their prompts once.
+    """
     if cfg.task.scoring == "head":
         return predict_with_pipeline(model, tokenizer, cfg, examples)
     label_ids = torch.tensor(modeling.label_token_ids(tokenizer, cfg.task.label_words))
     prompts = modeling.tokenize_prompts(tokenizer, cfg, examples)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    scores = [None] * len(prompts)
+    bs, pad_id = cfg.eval.batch_size, tokenizer.pad_token_id
     device = next(model.parameters()).device
-    bs = cfg.eval.batch_size
-    for start in range(0, len(order), bs):
-        idx = order[start:start + bs]
-        input_ids, mask = modeling.pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
-        logits = modeling.answer_logits(model, input_ids.to(device), mask.to(device)).float()
-        logprobs = torch.log_softmax(logits, dim=-1)[:, label_ids.to(device)].cpu()
-        for row, i in enumerate(idx):
+    shared = cfg.eval.share_prefix and all(len(p) > 1 for p in prompts)
+    chunks = _prefix_chunks(examples, prompts, bs) if shared else _whole_prompt_batches(prompts, bs)
+    scores = [None] * len(prompts)
+    for c, chunk in enumerate(chunks):
+        if shared:
+            rows, logits = modeling.shared_prefix_logits(model, prompts, chunk, pad_id, bs)
+        else:
+            rows = chunk
+            input_ids, mask = modeling.pad_left([prompts[i] for i in rows], pad_id)
+            logits = modeling.answer_logits(model, input_ids.to(device), mask.to(device))
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, label_ids.to(device)].cpu()
+        for row, i in enumerate(rows):
             scores[i] = logprobs[row].tolist()
-        if (start // bs) % 10 == 0:
-            log.info("batch %d/%d", start // bs + 1, (len(order) + bs - 1) // bs)
+        if c % 10 == 0:
+            log.info("batch %d/%d", c + 1, len(chunks))
     return [{"id": e["id"], "gold": e["label"], "pred": max(range(3), key=s.__getitem__), "scores": s}
             for e, s in zip(examples, scores)]
 
@@ -112,6 +130,7 @@ def main(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = N
         "config_hash": cfg.hash(), "runtime_s": runtime, "model_load_s": load_s,
         "examples_per_s": len(rows) / runtime if runtime > 0 else None,
         "batch_size": cfg.eval.batch_size, "dtype": str(modeling.torch_dtype(cfg.model.dtype)).removeprefix("torch."), "weights": cfg.eval.weights,
+        "share_prefix": cfg.eval.share_prefix,
         "quantized_4bit": cfg.quantization.load_in_4bit, "device": modeling.device_name(),
         "memory": modeling.peak_memory(), "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(), "job": job or {},
@@ -131,6 +150,7 @@ def cli(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     env = JobEnvironment()
+    env.match_torch_threads()
     shard = args.shard if args.shard is not None else env.array_task_id
     if shard is None:
         parser.error("--shard is required outside a Slurm array job")

@@ -22,6 +22,7 @@ from hpcnli import modeling
 from hpcnli.io import write_json
 from hpcnli.paths import RunPaths
 from hpcnli.config import load_config
+from hpcnli.env import JobEnvironment
 from hpcnli.logs import setup_logging
 
 log = logging.getLogger("hpcnli.finetune")
@@ -200,6 +201,7 @@ def cli(argv=None) -> None:
     parser.add_argument("run_dir", help="run directory made by hpcnli.submit (holds config.yaml)")
     args = parser.parse_args(argv)
     setup_logging()
+    JobEnvironment().match_torch_threads()
     paths = RunPaths(args.run_dir)
     main(load_config(paths.config), paths)
 

@@ -29,12 +29,9 @@ log = logging.getLogger("hpcnli.launch")
 
 def _job_setup() -> JobEnvironment:
     """Logging, and torch threads matched to the CPUs Slurm gave the task."""
-    import torch
-
     setup_logging()
     env = JobEnvironment()
-    if env.cpus_per_task:
-        torch.set_num_threads(env.cpus_per_task)
+    env.match_torch_threads()
     return env
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import importlib.util
 import logging
@@ -277,6 +278,64 @@ def pad_left(batch_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         input_ids[i, width - len(ids):] = torch.tensor(ids)
         mask[i, width - len(ids):] = 1
     return input_ids, mask
+
+
+def shared_prefixes(keys: list[str], prompts: list[list[int]]) -> list[tuple[list[int], int]]:
+    """Rows grouped by key (the premise): (row indices, n), n the tokens all their prompts start with.
+
+    n is the longest common token prefix, so a group's tokens are exactly its prompts' own; it stops
+    one token short of the shortest prompt so that every row keeps its answer position to compute.
+    """
+    by_key: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_key.setdefault(key, []).append(i)
+    groups = []
+    for rows in by_key.values():
+        first = prompts[rows[0]]
+        n = min(len(prompts[i]) for i in rows) - 1
+        for i in rows[1:]:
+            n = next((j for j in range(n) if prompts[i][j] != first[j]), n)
+        if n > 0:
+            groups.append((rows, n))
+        else:  # nothing in common: each row on its own, all but its last token as the prefix
+            groups.extend(([i], len(prompts[i]) - 1) for i in rows)
+    return groups
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def shared_prefix_logits(model, prompts: list[list[int]], groups: list[tuple[list[int], int]], pad_id: int,
+                         batch_size: int) -> tuple[list[int], torch.Tensor]:
+    """Answer-position logits of every row of `groups`, each group's prefix run once: (rows, logits).
+
+    One batch of the groups' prefixes fills a key/value cache. Then the rows, sorted by the length of
+    what is left of their prompts (little padding), run in batches of batch_size, each on a copy of
+    its groups' cache. Left padding sits before each prefix and before each rest, so explicit position
+    ids keep every real token at the position it has in its whole prompt.
+    """
+    device = next(model.parameters()).device
+    pre_ids, pre_mask = pad_left([prompts[rows[0]][:n] for rows, n in groups], pad_id)
+    pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
+    cache = model(input_ids=pre_ids, attention_mask=pre_mask, position_ids=_positions(pre_mask),
+                  use_cache=True, logits_to_keep=1).cache
+    pre_len = pre_mask.sum(-1)
+    rows = sorted(((i, g) for g, (rs, n) in enumerate(groups) for i in rs),
+                  key=lambda row: len(prompts[row[0]]) - groups[row[1]][1])
+    logits = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        owner = torch.tensor([g for _, g in batch], device=device)
+        rest_ids, rest_mask = pad_left([prompts[i][groups[g][1]:] for i, g in batch], pad_id)
+        rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
+        rest_cache = copy.deepcopy(cache)
+        rest_cache.batch_select_indices(owner)
+        out = model(input_ids=rest_ids, attention_mask=torch.cat([pre_mask[owner], rest_mask], dim=1),
+                    position_ids=pre_len[owner, None] + _positions(rest_mask), cache=rest_cache, use_cache=True,
+                    logits_to_keep=1)
+        logits.append(out.logits[:, -1, :])
+    return [i for i, _ in rows], torch.cat(logits)
 
 
 def training_logits(model, cfg, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

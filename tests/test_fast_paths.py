@@ -25,6 +25,10 @@ def snli_cfg():
     return load_config(CONFIG, OVERRIDES)
 
 
+def _scores(rows) -> torch.Tensor:
+    return torch.tensor([r["scores"] for r in rows])
+
+
 @needs_snli
 def test_batched_scoring_matches_one_example_at_a_time(snli_cfg):
     examples = nli_data.load_split(snli_cfg, "test").examples
@@ -44,9 +48,40 @@ def test_dequantized_weights_score_like_the_4bit_model(snli_cfg):
     for weights in ("dequantized", "4bit"):
         cfg = load_config(CONFIG, OVERRIDES + [f"eval.weights={weights}"])
         runs[weights] = predict(modeling.load_eval_model(cfg, None).eval(), tokenizer, cfg, examples)
-    deq = torch.tensor([r["scores"] for r in runs["dequantized"]])
-    q4 = torch.tensor([r["scores"] for r in runs["4bit"]])
-    torch.testing.assert_close(deq, q4, atol=2e-3, rtol=0)
+    torch.testing.assert_close(_scores(runs["dequantized"]), _scores(runs["4bit"]), atol=2e-3, rtol=0)
+
+
+@needs_snli
+@pytest.mark.parametrize("weights", ["dequantized", "4bit"])
+def test_shared_premise_prefix_scores_like_whole_prompts(weights, tmp_path):
+    """The premise runs once per group: same scores as whole prompts, also through an unmerged 4-bit adapter."""
+    cfg = load_config(CONFIG, OVERRIDES + [f"eval.weights={weights}", "data.max_test_examples=0"])
+    examples = nli_data.load_split(cfg, "test").examples[:45]  # in file order: a premise's pairs are together
+    tokenizer = modeling.load_tokenizer(cfg)
+    prompts = modeling.tokenize_prompts(tokenizer, cfg, examples)
+    groups = modeling.shared_prefixes([e["premise"] for e in examples], prompts)
+    assert sorted(i for rows, _ in groups for i in rows) == list(range(len(examples)))
+    assert len(groups) <= len(examples) // 2  # SNLI has about 3 hypotheses per premise
+    for rows, n in groups:
+        assert all(prompts[i][:n] == prompts[rows[0]][:n] and n < len(prompts[i]) for i in rows)
+    adapter = None
+    if weights == "4bit":  # a LoRA adapter that changes the scores (a fresh one is a no-op: B = 0)
+        peft_model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
+        torch.manual_seed(0)
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        adapter = tmp_path / "adapter"
+        peft_model.save_pretrained(adapter)
+    model = modeling.load_eval_model(cfg, adapter).eval()
+    shared = predict(model, tokenizer, cfg, examples)
+    whole = predict(model, tokenizer, load_config(CONFIG, OVERRIDES + [f"eval.weights={weights}", "eval.share_prefix=false"]),
+                    examples)
+    torch.testing.assert_close(_scores(shared), _scores(whole), atol=1e-4, rtol=0)
+    assert [r["pred"] for r in shared] == [r["pred"] for r in whole]
+    if adapter is not None:
+        base = predict(modeling.load_eval_model(cfg, None).eval(), tokenizer, cfg, examples)
+        assert (_scores(base) - _scores(shared)).abs().max() > 1e-2
 
 
 def test_length_grouped_batches_cover_every_example_once_and_repeat():
