@@ -4,8 +4,8 @@
     python bench/shard_scaling.py [--config jobs/snli_cpu.yaml] [--examples 0] [--partition gpu]
 
 Each layout is a real run directory (`python -m hpcnli.submit --plan-only`) whose base-model shards run
-as one array of `slurm/eval_array.sh`, submitted with `sbatch --wait`. Wall time is from submission
-to the end of the last task, scheduling included. Layouts: 1 shard on 1 CPU, 2 shards on 1 CPU
+as one array of `slurm/eval_array.sh`, submitted with `sbatch --wait`. Wall time is Slurm's (sacct):
+from submission to the end of the last task, scheduling and Python start-up included. Layouts: 1 shard on 1 CPU, 2 shards on 1 CPU
 each (strong scaling: twice the CPUs), and 1 shard on 2 CPUs (the same CPUs as the 2 shards, in one
 process). Prints a table with model load and prediction seconds per shard (from each shard's
 metrics file) and the ratio of each wall time to the first layout's.
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 LAYOUTS = [  # (label, shards, CPUs per shard)
@@ -30,6 +31,23 @@ LAYOUTS = [  # (label, shards, CPUs per shard)
 ]
 
 
+def slurm_wall_s(job: str, tasks: int) -> float:
+    """Submission of the array to the end of its last task, in Slurm's own times (1 s resolution).
+
+    sbatch --wait polls, so timing it would round up; sacct may lag the end of the job by a moment.
+    """
+    for _ in range(30):
+        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "--format=Submit,End"],
+                             check=True, capture_output=True, text=True).stdout.split()
+        times = [line.split("|") for line in out]
+        if len(times) == tasks and all(end[:1].isdigit() for _, end in times):
+            submits = [datetime.fromisoformat(submit) for submit, _ in times]
+            ends = [datetime.fromisoformat(end) for _, end in times]
+            return (max(ends) - min(submits)).total_seconds()
+        time.sleep(1)
+    raise SystemExit(f"sacct has no end time for the {tasks} tasks of job {job}: {out}")
+
+
 def run_layout(args, root: Path, shards: int, cpus: int) -> dict:
     run_dir = root / f"shards{shards}-cpus{cpus}"
     overrides = [f"data.max_test_examples={args.examples}", f"eval.num_shards={shards}",
@@ -37,16 +55,16 @@ def run_layout(args, root: Path, shards: int, cpus: int) -> dict:
     subprocess.run([sys.executable, "-m", "hpcnli.submit", "--plan-only", "--config", args.config,
                     "--run-dir", str(run_dir), *overrides], check=True)
     env = {**os.environ, "HPCNLI_PYTHON": sys.executable}
-    t0 = time.perf_counter()
-    subprocess.run(["sbatch", "--wait", "--quiet", f"--array=0-{shards - 1}", f"--cpus-per-task={cpus}",
-                    f"--partition={args.partition}", f"--output={run_dir}/slurm-%A_%a.out",
-                    "slurm/eval_array.sh", str(run_dir), "base", str(run_dir / "config.yaml")], check=True, env=env)
-    wall = time.perf_counter() - t0
+    job = subprocess.run(["sbatch", "--wait", "--parsable", f"--array=0-{shards - 1}", f"--cpus-per-task={cpus}",
+                          f"--partition={args.partition}", f"--output={run_dir}/slurm-%A_%a.out",
+                          "slurm/eval_array.sh", str(run_dir), "base", str(run_dir / "config.yaml")],
+                         check=True, env=env, capture_output=True, text=True).stdout.strip().split(";")[0]
+    wall = slurm_wall_s(job, shards)
     metrics = [json.loads(p.read_text()) for p in sorted((run_dir / "predictions" / "base").glob("*.metrics.json"))]
     if len(metrics) != shards:
         raise SystemExit(f"{run_dir}: {len(metrics)} shard metrics files for {shards} shards; see {run_dir}/slurm-*.out")
     return {"wall_s": wall, "load_s": [m["model_load_s"] for m in metrics], "predict_s": [m["runtime_s"] for m in metrics],
-            "examples": sum(m["examples"] for m in metrics)}
+            "examples": sum(m["examples"] for m in metrics), "job": job}
 
 
 def main(argv=None) -> None:
@@ -70,7 +88,7 @@ def main(argv=None) -> None:
     first = rows[0][1]["wall_s"]
     print(f"\n{rows[0][1]['examples']} test pairs, base model, {args.config}; sinfo node: "
           f"{subprocess.run(['sinfo', '-h', '-o', '%N %c CPUs'], capture_output=True, text=True).stdout.strip()}\n")
-    print("| layout | wall s (sbatch --wait) | model load s per shard | predict s per shard | wall / 1 shard on 1 CPU |")
+    print("| layout | wall s (sacct: submit to last end) | model load s per shard | predict s per shard | wall / 1 shard on 1 CPU |")
     print("|---|---|---|---|---|")
     for label, r in rows:
         fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)
