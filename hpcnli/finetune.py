@@ -97,16 +97,18 @@ def main(cfg, paths: RunPaths) -> dict:
     t_load = time.perf_counter()
     tokenizer = modeling.load_tokenizer(cfg)
     label_ids = modeling.label_token_ids(tokenizer, cfg.task.label_words)
-    model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
-    load_s = time.perf_counter() - t_load
-    params = modeling.count_parameters(model)
-    log.info("parameters: %s", params)
-
-    prompts = modeling.tokenize_prompts(tokenizer, cfg, train.examples)
     head = cfg.task.scoring == "head"
     # The loss target: the class index over 3 logits (head, or the 3 label-word logits), or the label
     # word's token id over the whole vocabulary (train.loss "vocab").
     over_vocab = not head and t.loss == "vocab"
+    model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
+    load_s = time.perf_counter() - t_load
+    params = modeling.count_parameters(model)
+    log.info("parameters: %s", params)
+    if not head and not over_vocab:  # the loss reads the label words' logits only, in label order
+        modeling.narrow_output_layer(model.get_base_model(), label_ids)
+
+    prompts = modeling.tokenize_prompts(tokenizer, cfg, train.examples)
     answers = torch.tensor([label_ids[e["label"]] if over_vocab else e["label"] for e in train.examples])
     lengths = [len(p) for p in prompts]
     batches_per_epoch = max(1, math.ceil(len(prompts) / t.batch_size) // accelerator.num_processes)  # per process
@@ -141,8 +143,6 @@ def main(cfg, paths: RunPaths) -> dict:
                 input_ids, mask = modeling.pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
                 logits = modeling.training_logits(model, cfg, input_ids.to(accelerator.device),
                                                   mask.to(accelerator.device))
-                if not head and not over_vocab:
-                    logits = logits[:, label_ids]
                 loss = torch.nn.functional.cross_entropy(logits.float(), answers[idx].to(accelerator.device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:

@@ -152,6 +152,23 @@ def load_base_model(cfg, device_map=None):
     return model
 
 
+def narrow_output_layer(model, token_ids: list[int]) -> None:
+    """Give a causal LM an output layer of only `token_ids`' rows (frozen, in that order).
+
+    Training with the loss over the label words reads 3 logits, not 49,152: this saves the full
+    vocabulary product and its backward at every step. The adapter never includes this layer, and
+    evaluation loads the model afresh with its full output layer.
+    """
+    full = model.get_output_embeddings()
+    narrow = torch.nn.Linear(full.in_features, len(token_ids), bias=full.bias is not None,
+                             device=full.weight.device, dtype=full.weight.dtype)
+    narrow.weight = torch.nn.Parameter(full.weight[token_ids].detach().clone(), requires_grad=False)
+    if full.bias is not None:
+        narrow.bias = torch.nn.Parameter(full.bias[token_ids].detach().clone(), requires_grad=False)
+    model.set_output_embeddings(narrow)
+    model.config.tie_word_embeddings = False  # nothing may tie it back to the 49,152-row embedding
+
+
 def check_top_layers(model_config, top_layers: int) -> None:
     n_layers = model_config.num_hidden_layers
     if top_layers > n_layers:

@@ -84,6 +84,21 @@ def test_shared_premise_prefix_scores_like_whole_prompts(weights, tmp_path):
         assert (_scores(base) - _scores(shared)).abs().max() > 1e-2
 
 
+def test_narrowed_output_layer_gives_the_label_word_logits():
+    cfg = load_config(None, ["data.max_train_examples=6"])
+    tokenizer = modeling.load_tokenizer(cfg)
+    label_ids = modeling.label_token_ids(tokenizer, cfg.task.label_words)
+    model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
+    ids, mask = modeling.pad_left(modeling.tokenize_prompts(tokenizer, cfg, nli_data.load_split(cfg, "train").examples),
+                                  tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = modeling.answer_logits(model, ids, mask)[:, label_ids]
+        modeling.narrow_output_layer(model.get_base_model(), label_ids)
+        narrow = modeling.answer_logits(model, ids, mask)
+    assert narrow.shape == (6, 3)
+    torch.testing.assert_close(narrow, full)
+
+
 def test_length_grouped_batches_cover_every_example_once_and_repeat():
     lengths = [(i * 37) % 50 + 5 for i in range(1000)]
     batches = _batches(lengths, 16, seed=3, epoch=1, by_length=True)
