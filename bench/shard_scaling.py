@@ -64,7 +64,7 @@ def run_layout(args, root: Path, shards: int, cpus: int) -> dict:
     if len(metrics) != shards:
         raise SystemExit(f"{run_dir}: {len(metrics)} shard metrics files for {shards} shards; see {run_dir}/slurm-*.out")
     return {"wall_s": wall, "load_s": [m["model_load_s"] for m in metrics], "predict_s": [m["runtime_s"] for m in metrics],
-            "examples": sum(m["examples"] for m in metrics), "job": job}
+            "examples": sum(m["examples"] for m in metrics)}
 
 
 def main(argv=None) -> None:

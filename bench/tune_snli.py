@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from hpcnli.bench import PROMPTS as BENCH_PROMPTS
-from hpcnli.config import TaskConfig
+from hpcnli.config import TaskConfig, task_overrides
 
 HOLDOUT = ["data.holdout=800", "data.test=holdout", "data.max_test_examples=0", "eval.num_shards=1",
            "train.epochs=1", "train.max_steps=0", "train.max_grad_norm=0"]  # as the tries ran, whatever the config says
@@ -30,8 +30,7 @@ PROMPTS = {
 
 
 def prompt(name: str) -> list[str]:
-    text, words = PROMPTS[name]
-    return [f"task.prompt={json.dumps(text)}", f"task.label_words={json.dumps(list(words))}"]
+    return task_overrides(*PROMPTS[name])
 
 
 # (name, what it tests, overrides). Fine-tuning tries see 1,600 pairs unless they say otherwise.

@@ -29,7 +29,7 @@ import yaml
 
 from hpcnli import data as nli_data
 from hpcnli import modeling
-from hpcnli.config import load_config
+from hpcnli.config import load_config, task_overrides
 from hpcnli.evaluate import predict
 from hpcnli.io import read_jsonl, write_jsonl
 
@@ -47,8 +47,7 @@ SCORING_BAR = re.compile(r"Running loglikelihood requests: 100%\|[^|]*\| \d+/\d+
 def prompt_overrides(name: str) -> list[str]:
     if name == "config":
         return []
-    text, words = PROMPTS[name]
-    return [f"task.prompt={json.dumps(text)}", f"task.label_words={json.dumps(list(words))}"]
+    return task_overrides(*PROMPTS[name])
 
 
 def per_example_loop(model, tokenizer, cfg, examples) -> list[int]:

@@ -12,17 +12,15 @@ prompt, LoRA dropout 0.05, loss over the whole vocabulary, random batches) until
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 from hpcnli import finetune
-from hpcnli.config import TaskConfig, load_config
+from hpcnli.config import TaskConfig, load_config, task_overrides
 from hpcnli.paths import RunPaths
 
-FIRST_RECIPE = [f"task.prompt={json.dumps(TaskConfig.prompt)}",
-                f"task.label_words=[{', '.join(repr(w) for w in TaskConfig.label_words)}]",
+FIRST_RECIPE = [*task_overrides(TaskConfig.prompt, TaskConfig.label_words),
                 "lora.dropout=0.05", "lora.top_layers=0", "train.loss=vocab", "train.group_by_length=false"]
 STEPS = [  # (row label, the overrides of FIRST_RECIPE that the row drops, the overrides it adds)
     ("first recipe: long prompt, LoRA dropout 0.05, vocabulary loss, random batches", (), ()),

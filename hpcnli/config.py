@@ -327,6 +327,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def task_overrides(prompt: str, label_words) -> list[str]:
+    """Overrides that set task.prompt and task.label_words to exactly these values.
+
+    The prompt goes in as it is: parse_override keeps text verbatim, so quoting it would put the
+    quotes (and backslash escapes) into the prompt.
+    """
+    return [f"task.prompt={prompt}", f"task.label_words={json.dumps(list(label_words))}"]
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = json.loads(json.dumps(data))
     problems = []

@@ -14,10 +14,12 @@ from hpcnli.config import (
     SCORING_MODES,
     ConfigError,
     RunConfig,
+    TaskConfig,
     TrainConfig,
     config_from_dict,
     load_config,
     parse_override,
+    task_overrides,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +258,14 @@ def test_overrides_apply_with_types(tmp_path):
     assert cfg.resources.extra_sbatch == {"gres": "gpu:1"}
     # Untouched keys keep the file's values.
     assert cfg.train.batch_size == 16
+
+
+@pytest.mark.parametrize("prompt", [TaskConfig.prompt, "{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
+                                    "Say \"{premise}\" # then {hypothesis}: yes?"])
+def test_task_overrides_set_the_prompt_and_label_words_exactly(prompt):
+    cfg = load_config(None, task_overrides(prompt, [" True", " Neither", " False"]))
+    assert cfg.task.prompt == prompt
+    assert cfg.task.label_words == (" True", " Neither", " False")
 
 
 def test_override_later_wins():
