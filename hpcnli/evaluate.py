@@ -60,10 +60,14 @@ def predict_with_pipeline(model, tokenizer, cfg, examples: list[dict]) -> list[d
     return rows
 
 
-def _prefix_chunks(examples: list[dict], prompts: list[list[int]], batch_size: int) -> list[list[tuple[list[int], int]]]:
-    """Premise groups sorted by shared length, batch_size groups to a chunk (one prefix batch each)."""
+# Groups whose prefix states are held at once, in batches: more sorts rows better (less padding), costs memory.
+PREFIX_CHUNK_BATCHES = 8
+
+
+def _prefix_chunks(examples: list[dict], prompts: list[list[int]], size: int) -> list[list[tuple[list[int], int]]]:
+    """Premise groups sorted by shared length, `size` groups to a chunk (whose prefix states are kept together)."""
     groups = sorted(modeling.shared_prefixes([e["premise"].strip() for e in examples], prompts), key=lambda g: g[1])
-    return [groups[i:i + batch_size] for i in range(0, len(groups), batch_size)]
+    return [groups[i:i + size] for i in range(0, len(groups), size)]
 
 
 def _whole_prompt_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
@@ -84,20 +88,24 @@ def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
     bs, pad_id = cfg.eval.batch_size, tokenizer.pad_token_id
     device = next(model.parameters()).device
     shared = cfg.eval.share_prefix and all(len(p) > 1 for p in prompts)
-    chunks = _prefix_chunks(examples, prompts, bs) if shared else _whole_prompt_batches(prompts, bs)
-    scores = [None] * len(prompts)
-    for c, chunk in enumerate(chunks):
+
+    def batches():  # (rows, answer-position logits), batch after batch
         if shared:
-            rows, logits = modeling.shared_prefix_logits(model, prompts, chunk, pad_id, bs)
+            for chunk in _prefix_chunks(examples, prompts, bs * PREFIX_CHUNK_BATCHES):
+                yield from modeling.shared_prefix_logits(model, prompts, chunk, pad_id, bs)
         else:
-            rows = chunk
-            input_ids, mask = modeling.pad_left([prompts[i] for i in rows], pad_id)
-            logits = modeling.answer_logits(model, input_ids.to(device), mask.to(device))
+            for rows in _whole_prompt_batches(prompts, bs):
+                input_ids, mask = modeling.pad_left([prompts[i] for i in rows], pad_id)
+                yield rows, modeling.answer_logits(model, input_ids.to(device), mask.to(device))
+
+    scores, done = [None] * len(prompts), 0
+    for b, (rows, logits) in enumerate(batches()):
         logprobs = torch.log_softmax(logits.float(), dim=-1)[:, label_ids.to(device)].cpu()
         for row, i in enumerate(rows):
             scores[i] = logprobs[row].tolist()
-        if c % 10 == 0:
-            log.info("batch %d/%d", c + 1, len(chunks))
+        done += len(rows)
+        if b % 10 == 0 or done == len(prompts):
+            log.info("scored %d/%d pairs", done, len(prompts))
     return [{"id": e["id"], "gold": e["label"], "pred": max(range(3), key=s.__getitem__), "scores": s}
             for e, s in zip(examples, scores)]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import importlib.util
 import logging
@@ -11,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -324,35 +324,52 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def shared_prefix_logits(model, prompts: list[list[int]], groups: list[tuple[list[int], int]], pad_id: int,
-                         batch_size: int) -> tuple[list[int], torch.Tensor]:
-    """Answer-position logits of every row of `groups`, each group's prefix run once: (rows, logits).
+                         batch_size: int):
+    """Answer-position logits of every row of `groups`, each group's prefix run once: yields (rows, logits).
 
-    One batch of the groups' prefixes fills a key/value cache. Then the rows, sorted by the length of
-    what is left of their prompts (little padding), run in batches of batch_size, each on a copy of
-    its groups' cache. Left padding sits before each prefix and before each rest, so explicit position
-    ids keep every real token at the position it has in its whole prompt.
+    The groups' prefixes run in batches of batch_size (groups sorted by prefix length, so little
+    padding); their key/value states are kept, left-padded to one width. Then all the rows, sorted by
+    the length of what is left of their prompts, run in batches of batch_size, each on a cache gathered
+    from its rows' groups. Left padding sits before each prefix and before each rest, so explicit
+    position ids keep every real token at the position it has in its whole prompt.
     """
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
-    pre_ids, pre_mask = pad_left([prompts[rows[0]][:n] for rows, n in groups], pad_id)
-    pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
-    cache = model(input_ids=pre_ids, attention_mask=pre_mask, position_ids=_positions(pre_mask),
-                  use_cache=True, logits_to_keep=1).cache
+    groups_kv, pre_mask = _prefix_states(model, [prompts[rows[0]][:n] for rows, n in groups], pad_id, batch_size)
     pre_len = pre_mask.sum(-1)
     rows = sorted(((i, g) for g, (rs, n) in enumerate(groups) for i in rs),
                   key=lambda row: len(prompts[row[0]]) - groups[row[1]][1])
-    logits = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
         owner = torch.tensor([g for _, g in batch], device=device)
+        width = int(pre_len[owner].max())  # prefixes are right-aligned: their last `width` columns hold them all
+        cache = DynamicCache(ddp_cache_data=[(k[owner, :, -width:], v[owner, :, -width:]) for k, v in groups_kv],
+                             config=model.config)
         rest_ids, rest_mask = pad_left([prompts[i][groups[g][1]:] for i, g in batch], pad_id)
         rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
-        rest_cache = copy.deepcopy(cache)
-        rest_cache.batch_select_indices(owner)
-        out = model(input_ids=rest_ids, attention_mask=torch.cat([pre_mask[owner], rest_mask], dim=1),
-                    position_ids=pre_len[owner, None] + _positions(rest_mask), cache=rest_cache, use_cache=True,
+        out = model(input_ids=rest_ids, attention_mask=torch.cat([pre_mask[owner, -width:], rest_mask], dim=1),
+                    position_ids=pre_len[owner, None] + _positions(rest_mask), cache=cache, use_cache=True,
                     logits_to_keep=1)
-        logits.append(out.logits[:, -1, :])
-    return [i for i, _ in rows], torch.cat(logits)
+        yield [i for i, _ in batch], out.logits[:, -1, :]
+
+
+def _prefix_states(model, prefixes: list[list[int]], pad_id: int, batch_size: int):
+    """Key/value states of `prefixes` (in batches), per layer [prefix, head, width, dim], left-padded; and their mask."""
+    device = next(model.parameters()).device
+    width = max(map(len, prefixes))
+    per_batch, masks = [], []
+    for start in range(0, len(prefixes), batch_size):
+        ids, mask = pad_left(prefixes[start:start + batch_size], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        cache = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                      logits_to_keep=1).cache
+        pad = width - mask.shape[1]
+        per_batch.append([(F.pad(k, (0, 0, pad, 0)), F.pad(v, (0, 0, pad, 0))) for k, v, *_ in cache])
+        masks.append(F.pad(mask, (pad, 0)))
+    layers = [(torch.cat([b[layer][0] for b in per_batch]), torch.cat([b[layer][1] for b in per_batch]))
+              for layer in range(len(per_batch[0]))]
+    return layers, torch.cat(masks)
 
 
 def training_logits(model, cfg, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

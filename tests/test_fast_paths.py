@@ -55,7 +55,9 @@ def test_dequantized_weights_score_like_the_4bit_model(snli_cfg):
 @pytest.mark.parametrize("weights", ["dequantized", "4bit"])
 def test_shared_premise_prefix_scores_like_whole_prompts(weights, tmp_path):
     """The premise runs once per group: same scores as whole prompts, also through an unmerged 4-bit adapter."""
-    cfg = load_config(CONFIG, OVERRIDES + [f"eval.weights={weights}", "data.max_test_examples=0"])
+    # batch size 4: several prefix batches of different widths, merged into one chunk
+    small = OVERRIDES + [f"eval.weights={weights}", "eval.batch_size=4"]
+    cfg = load_config(CONFIG, small + ["data.max_test_examples=0"])
     examples = nli_data.load_split(cfg, "test").examples[:45]  # in file order: a premise's pairs are together
     tokenizer = modeling.load_tokenizer(cfg)
     prompts = modeling.tokenize_prompts(tokenizer, cfg, examples)
@@ -75,8 +77,7 @@ def test_shared_premise_prefix_scores_like_whole_prompts(weights, tmp_path):
         peft_model.save_pretrained(adapter)
     model = modeling.load_eval_model(cfg, adapter).eval()
     shared = predict(model, tokenizer, cfg, examples)
-    whole = predict(model, tokenizer, load_config(CONFIG, OVERRIDES + [f"eval.weights={weights}", "eval.share_prefix=false"]),
-                    examples)
+    whole = predict(model, tokenizer, load_config(CONFIG, small + ["eval.share_prefix=false"]), examples)
     torch.testing.assert_close(_scores(shared), _scores(whole), atol=1e-4, rtol=0)
     assert [r["pred"] for r in shared] == [r["pred"] for r in whole]
     if adapter is not None:
