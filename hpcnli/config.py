@@ -125,6 +125,7 @@ class ResourcesConfig:
     partition: str = "gpu"
     time_min: int = 60  # wall-time limit of the fine-tune and each eval task
     cpus_per_task: int = 2
+    eval_cpus_per_task: int | None = None  # CPUs of each eval array task; None = cpus_per_task
     mem_gb: int = 8
     gpus_per_node: int = 0  # 0 = no GPU request is sent to Slurm
     nodes: int = 1
@@ -295,6 +296,8 @@ def _check_values(cfg: RunConfig) -> list[str]:
     r = cfg.resources
     for k in ("time_min", "cpus_per_task", "mem_gb", "nodes", "array_parallelism"):
         need(getattr(r, k) > 0, f"resources.{k}: must be > 0, got {getattr(r, k)}")
+    need(r.eval_cpus_per_task is None or r.eval_cpus_per_task > 0,
+         f"resources.eval_cpus_per_task: must be > 0 (or left out: cpus_per_task), got {r.eval_cpus_per_task}")
     need(r.gpus_per_node >= 0, f"resources.gpus_per_node: must be >= 0, got {r.gpus_per_node}")
     need(r.max_retries >= 0, f"resources.max_retries: must be >= 0, got {r.max_retries}")
     need(bool(r.partition), "resources.partition: empty; name a Slurm partition (sinfo lists them)")

@@ -36,7 +36,7 @@ def _job_setup() -> JobEnvironment:
 
 
 def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmExecutor:
-    """An executor with the run's resources; `stage` is finetune, eval or reduce."""
+    """An executor with the run's resources; `stage` is finetune, eval-<model> or reduce."""
     r = cfg.resources
     ex = submitit.SlurmExecutor(folder=paths.logs / "%j", max_num_timeout=3)
     params = dict(job_name=f"hpcnli-{stage}", partition=r.partition, time=r.time_min,
@@ -46,6 +46,8 @@ def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmE
                   stderr_to_stdout=True)
     if stage == "finetune":
         params.update(nodes=r.nodes, ntasks_per_node=max(r.gpus_per_node, 1))
+    if stage.startswith("eval") and r.eval_cpus_per_task:
+        params["cpus_per_task"] = r.eval_cpus_per_task
     if stage == "reduce":
         params.update(cpus_per_task=1, mem="2G", time=30)
     elif r.gpus_per_node > 0:

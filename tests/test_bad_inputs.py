@@ -33,6 +33,8 @@ CASES = [
     ("negative shards", {}, ["eval.num_shards=-2"], "eval.num_shards: must be > 0, got -2"),
     ("more shards than examples", {}, ["eval.num_shards=25"],
      "eval.num_shards: 25 shards for 24 test examples; use at most 24"),
+    ("zero CPUs for eval tasks", {}, ["resources.eval_cpus_per_task=0"],
+     "resources.eval_cpus_per_task: must be > 0 (or left out: cpus_per_task), got 0"),
     ("bad dtype", {}, ["model.dtype=float8"], "model.dtype: 'float8' is not one of ('auto', 'bfloat16', 'float16', 'float32')"),
     ("prompt without hypothesis slot", {}, ["task.prompt=Premise: {premise} Answer:"],
      "task.prompt: must contain {hypothesis}"),

@@ -7,6 +7,7 @@ data, never as shell. Regenerate after an intended change with:
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -45,6 +46,17 @@ def test_submitit_sbatch_text(stage):
                   for line in text.splitlines() if line.startswith("#SBATCH --") and "=" in line)
     assert parsed["comment"] == "'; touch x'" and parsed["account"] == "my account"
     assert parsed["qos"] == "it's \"q\""
+
+
+@pytest.mark.parametrize("eval_cpus,expected", [(None, "2"), (1, "1")])
+def test_eval_tasks_ask_for_eval_cpus_per_task(eval_cpus, expected):
+    extra = ["resources.cpus_per_task=2"] + ([f"resources.eval_cpus_per_task={eval_cpus}"] if eval_cpus else [])
+    cfg = load_config(ROOT / "jobs/smoke.yaml", extra)
+    cpus = {stage: re.search(r"^#SBATCH --cpus-per-task=(\d+)$",
+                             executor_for(cfg, RunPaths("/runs/r"), stage)._make_submission_file_text("C", "u"),
+                             re.MULTILINE).group(1)
+            for stage in ("finetune", "eval-base", "eval-finetuned", "reduce")}
+    assert cpus == {"finetune": "2", "eval-base": expected, "eval-finetuned": expected, "reduce": "1"}
 
 
 @pytest.mark.parametrize("script,args", [
