@@ -46,6 +46,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3,
                         help="first steps of each row left out of examples/s (default: %(default)s)")
     args = parser.parse_args(argv)
+    if not 1 <= args.warmup < args.steps:
+        parser.error(f"--warmup: must be at least 1 and below --steps ({args.steps}), got {args.warmup}")
     logging.basicConfig(level=logging.WARNING)
     fixed = [f"train.max_steps={args.steps}", "train.checkpoint_every=0", "train.log_every=1"]
 
