@@ -33,4 +33,4 @@ test: setup cluster-up
 	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra --durations=15 tests
 
 bench: setup
-	$(PY) -m hpcnli.bench
+	$(PY) -m bench.eval_speed

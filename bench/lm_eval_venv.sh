@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A separate venv with EleutherAI lm-evaluation-harness, for the side-by-side row of
-#   python -m hpcnli.bench --lm-eval bench/.venv-lmeval/bin/lm_eval
+#   python -m bench.eval_speed --lm-eval bench/.venv-lmeval/bin/lm_eval
 # The harness is not a dependency of hpcnli; nothing here touches the project's own venv.
 set -euo pipefail
 VENV=${VENV:-$(dirname "$0")/.venv-lmeval}

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hpcnli.bench import PROMPTS as BENCH_PROMPTS
+from bench.eval_speed import PROMPTS as BENCH_PROMPTS
 from hpcnli.config import TaskConfig, task_overrides
 
 HOLDOUT = ["data.holdout=800", "data.test=holdout", "data.max_test_examples=0", "eval.num_shards=1",

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from hpcnli.synthetic import MAX_TRAIN_SIZE
+from hpcnli.data.synthetic import MAX_TRAIN_SIZE
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 where it is fast, else float32
 SCORING_MODES = ("verbalizer", "head")

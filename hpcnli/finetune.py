@@ -2,6 +2,8 @@
 
 The loss is the causal-LM loss of the label word at the answer position, the same position
 the evaluation reads, so fine-tuning trains exactly the answer that is scored.
+
+    python -m hpcnli.finetune results/<run>      # what slurm/finetune.sh and the local executor run
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hpcnli import data as nli_data
-from hpcnli import modeling
-from hpcnli.io import write_json
-from hpcnli.paths import RunPaths
+from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
-from hpcnli.env import JobEnvironment
+from hpcnli.data.nli import load_split
+from hpcnli.io import write_json
 from hpcnli.logs import setup_logging
+from hpcnli.model.loading import add_lora, load_base_model, load_tokenizer, narrow_output_layer
+from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory
+from hpcnli.run.paths import RunPaths
+from hpcnli.scoring.engine import training_logits
+from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 
 log = logging.getLogger("hpcnli.finetune")
 
@@ -46,15 +52,9 @@ def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int, by_leng
     return batches
 
 
-def latest_checkpoint(paths: RunPaths) -> Path | None:
-    done = sorted(paths.checkpoints.glob("step_*/COMPLETE"))
-    return done[-1].parent if done else None
-
-
 def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -> None:
     """Adapter, optimizer, scheduler, RNG and data position; written aside, then marked complete."""
-    target = paths.checkpoints / f"step_{state['step']:07d}"
-    tmp = paths.checkpoints / f".tmp_step_{state['step']:07d}"
+    target, tmp = paths.checkpoint(state["step"]), paths.checkpoint_staging(state["step"])
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp / "adapter", safe_serialization=True)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
@@ -82,34 +82,43 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     return saved["state"]
 
 
-def main(cfg, paths: RunPaths) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
+@dataclass
+class Trainee:
+    """What the loop trains on: the model, the tokenized prompts, the targets, and what they cost to make."""
+    model: object
+    tokenizer: object
+    prompts: list[list[int]]
+    answers: torch.Tensor
+    params: dict
+    load_s: float
 
-    t = cfg.train
-    set_seed(t.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum)
-    train = nli_data.load_split(cfg, "train")
-    log.info("train set: %d examples from %s (%d without gold label dropped)",
-             len(train.examples), train.source, train.dropped)
 
+def prepare_model_and_data(cfg, train) -> Trainee:
     t_load = time.perf_counter()
-    tokenizer = modeling.load_tokenizer(cfg)
-    label_ids = modeling.label_token_ids(tokenizer, cfg.task.label_words)
+    tokenizer = load_tokenizer(cfg)
+    label_ids = label_token_ids(tokenizer, cfg.task.label_words)
     head = cfg.task.scoring == "head"
     # The loss target: the class index over 3 logits (head, or the 3 label-word logits), or the label
     # word's token id over the whole vocabulary (train.loss "vocab").
-    over_vocab = not head and t.loss == "vocab"
-    model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
+    over_vocab = not head and cfg.train.loss == "vocab"
+    model = add_lora(load_base_model(cfg), cfg)
     load_s = time.perf_counter() - t_load
-    params = modeling.count_parameters(model)
+    params = count_parameters(model)
     log.info("parameters: %s", params)
     if not head and not over_vocab:  # the loss reads the label words' logits only, in label order
-        modeling.narrow_output_layer(model.get_base_model(), label_ids)
-
-    prompts = modeling.tokenize_prompts(tokenizer, cfg, train.examples)
+        narrow_output_layer(model.get_base_model(), label_ids)
+    prompts = tokenize_prompts(tokenizer, cfg, train.examples)
     answers = torch.tensor([label_ids[e["label"]] if over_vocab else e["label"] for e in train.examples])
+    return Trainee(model, tokenizer, prompts, answers, params, load_s)
+
+
+def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dict, int, float]:
+    """Optimizer steps up to train.max_steps (or train.epochs), resuming from the last checkpoint.
+    Returns the loop state, the number of epochs and the runtime (across restarts)."""
+    from transformers import get_scheduler
+
+    t = cfg.train
+    prompts, answers, model = trainee.prompts, trainee.answers, trainee.model
     lengths = [len(p) for p in prompts]
     batches_per_epoch = max(1, math.ceil(len(prompts) / t.batch_size) // accelerator.num_processes)  # per process
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
@@ -123,12 +132,12 @@ def main(cfg, paths: RunPaths) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = {"step": 0, "epoch": 0, "batch": 0, "seen": 0, "tokens": 0, "elapsed_s": 0.0, "losses": [],
              "restarts": 0}
-    ckpt = latest_checkpoint(paths)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+    done = paths.complete_checkpoints()
+    if done:
+        state = load_checkpoint(done[-1], accelerator.unwrap_model(model), optimizer, scheduler)
         state["restarts"] += 1
     model.train()
-    modeling.reset_peak_memory()
+    reset_peak_memory()
 
     window = []
     t0 = time.perf_counter() - state["elapsed_s"]
@@ -140,9 +149,8 @@ def main(cfg, paths: RunPaths) -> dict:
         first = state["batch"] if epoch == state["epoch"] else 0
         for b, idx in enumerate(batches[first:], start=first):
             with accelerator.accumulate(model):
-                input_ids, mask = modeling.pad_left([prompts[i] for i in idx], tokenizer.pad_token_id)
-                logits = modeling.training_logits(model, cfg, input_ids.to(accelerator.device),
-                                                  mask.to(accelerator.device))
+                input_ids, mask = pad_left([prompts[i] for i in idx], trainee.tokenizer.pad_token_id)
+                logits = training_logits(model, cfg, input_ids.to(accelerator.device), mask.to(accelerator.device))
                 loss = torch.nn.functional.cross_entropy(logits.float(), answers[idx].to(accelerator.device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
@@ -172,23 +180,39 @@ def main(cfg, paths: RunPaths) -> dict:
                 break
         if state["step"] >= total_steps:
             break
-    runtime = time.perf_counter() - t0
+    trainee.model = model
+    return state, epochs, time.perf_counter() - t0
+
+
+def run(cfg, paths: RunPaths) -> dict:
+    """Train, then write the adapter and train_metrics.json (rank 0 only); returns the metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    set_seed(t.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum)
+    train = load_split(cfg, "train")
+    log.info("train set: %d examples from %s (%d without gold label dropped)",
+             len(train.examples), train.source, train.dropped)
+    trainee = prepare_model_and_data(cfg, train)
+    state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee)
     losses = state["losses"]
 
     accelerator.wait_for_everyone()
     metrics = {
         "train_examples": len(train.examples), "train_source": train.source, "dropped": train.dropped,
         "steps": state["step"], "examples_seen": state["seen"], "epochs": epochs, "restarts": state["restarts"],
-        "runtime_s": runtime, "model_load_s": load_s,
+        "runtime_s": runtime, "model_load_s": trainee.load_s,
         "examples_per_s": state["seen"] / runtime, "tokens_per_s": state["tokens"] / runtime,
         "final_loss": losses[-1]["loss"] if losses else None,
         "best_loss": min(r["loss"] for r in losses) if losses else None,
-        "loss_curve": losses, "parameters": params, "memory": modeling.peak_memory(),
-        "device": modeling.device_name(), "num_processes": accelerator.num_processes,
+        "loss_curve": losses, "parameters": trainee.params, "memory": peak_memory(),
+        "device": device_name(), "num_processes": accelerator.num_processes,
         "effective_batch_size": t.batch_size * t.grad_accum * accelerator.num_processes,
     }
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(paths.adapter, safe_serialization=True)
+        accelerator.unwrap_model(trainee.model).save_pretrained(paths.adapter, safe_serialization=True)
         metrics["adapter_bytes"] = sum(f.stat().st_size for f in paths.adapter.rglob("*") if f.is_file())
         write_json(paths.train_metrics, metrics)
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the final adapter supersedes them
@@ -196,15 +220,15 @@ def main(cfg, paths: RunPaths) -> dict:
     return metrics
 
 
-def cli(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="run directory made by hpcnli.submit (holds config.yaml)")
     args = parser.parse_args(argv)
     setup_logging()
     JobEnvironment().match_torch_threads()
     paths = RunPaths(args.run_dir)
-    main(load_config(paths.config), paths)
+    run(load_config(paths.config), paths)
 
 
 if __name__ == "__main__":
-    cli()
+    main()

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import sys
 from pathlib import Path
 
-from hpcnli import data as nli_data
-from hpcnli import report, stats
+from hpcnli.cluster.commands import job_times
 from hpcnli.config import load_config
+from hpcnli.data.nli import LABELS, load_split
 from hpcnli.io import read_json, write_json
 from hpcnli.logs import setup_logging
-from hpcnli.paths import MODELS, RunPaths
+from hpcnli.report import index, markdown, stats
+from hpcnli.run.ledger import SubmissionLedger
+from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.state import collect
 
 log = logging.getLogger("hpcnli.reduce")
 SCHEMA_VERSION = 1
@@ -28,55 +30,6 @@ METRIC_MODULE = Path(__file__).parent / "metrics" / "accuracy" / "accuracy.py"
 
 class IncompleteRun(RuntimeError):
     """Some shard is missing or invalid; the message lists them."""
-
-
-def check_shard(paths: RunPaths, cfg, model: str, shard: int, expected_ids: list[str]) -> tuple[list[dict], str | None]:
-    """The shard's rows, or the reason the shard is unusable."""
-    pred_file, metrics_file = paths.shard_predictions(model, shard), paths.shard_metrics(model, shard)
-    if not pred_file.is_file() or not metrics_file.is_file():
-        return [], "missing"
-    try:
-        metrics = read_json(metrics_file)
-        with open(pred_file, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return [], f"unreadable ({e.__class__.__name__}: {e}); the file is truncated or corrupt"
-    if metrics.get("config_hash") != cfg.hash():
-        return [], f"written for config {metrics.get('config_hash')}, not this run's {cfg.hash()}"
-    if metrics.get("model") != model or metrics.get("shard") != shard:
-        return [], f"metrics file describes {metrics.get('model')} shard {metrics.get('shard')}"
-    for i, r in enumerate(rows):
-        if not (isinstance(r, dict) and {"id", "gold", "pred", "scores"} <= r.keys()
-                and r["pred"] in (0, 1, 2) and isinstance(r["scores"], list) and len(r["scores"]) == 3):
-            return [], f"row {i + 1} does not have id, gold, pred in 0..2 and 3 scores"
-    ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        return [], f"{len(ids) - len(set(ids))} duplicated example id(s)"
-    if ids != expected_ids:
-        foreign = len(set(ids) - set(expected_ids))
-        return [], (f"{len(ids)} rows for {len(expected_ids)} expected examples "
-                    f"({foreign} id(s) that belong to no example of this shard)")
-    return rows, None
-
-
-def collect(paths: RunPaths, cfg, manifest: dict) -> tuple[dict, dict, list[dict]]:
-    """Predictions by model and id, shard metrics, and the problems found (empty when complete)."""
-    ids = manifest["ids"]
-    predictions: dict = {m: {} for m in MODELS}
-    shard_metrics: dict = {m: [] for m in MODELS}
-    problems = []
-    for model in MODELS:
-        for shard in range(cfg.eval.num_shards):
-            lo, hi = nli_data.shard_bounds(len(ids), cfg.eval.num_shards, shard)
-            rows, why = check_shard(paths, cfg, model, shard, ids[lo:hi])
-            if why:
-                problems.append({"model": model, "shard": shard, "examples": hi - lo, "problem": why,
-                                 "file": str(paths.shard_predictions(model, shard))})
-                continue
-            shard_metrics[model].append(read_json(paths.shard_metrics(model, shard)))
-            for r in rows:
-                predictions[model][r["id"]] = r
-    return predictions, shard_metrics, problems
 
 
 def _accuracy(gold: list[int], pred: list[int]) -> float:
@@ -115,7 +68,7 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
         models[model] = {
             "accuracy": _accuracy(gold, pred), "correct": correct, "examples": len(ids),
             "accuracy_ci95": list(stats.accuracy_ci(correct, len(ids))),
-            "per_class": stats.per_class(gold, pred, nli_data.LABELS),
+            "per_class": stats.per_class(gold, pred, LABELS),
             "confusion": stats.confusion(gold, pred),
             "predicted_label_counts": [pred.count(k) for k in range(3)],
             "eval_runtime_summed_s": sum(runtimes),
@@ -128,13 +81,13 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
     tuned_ok = [predictions["finetuned"][i]["pred"] == predictions["finetuned"][i]["gold"] for i in ids]
     fixed = [i for i, b, t in zip(ids, base_ok, tuned_ok) if t and not b]
     broken = [i for i, b, t in zip(ids, base_ok, tuned_ok) if b and not t]
-    texts = {e["id"]: e for e in nli_data.load_split(cfg, "test").examples}
+    texts = {e["id"]: e for e in load_split(cfg, "test").examples}
 
     def table(chosen: list[str]) -> list[dict]:
         return [{"id": i, "premise": texts[i]["premise"], "hypothesis": texts[i]["hypothesis"],
-                 "gold": nli_data.LABELS[predictions["base"][i]["gold"]],
-                 "base": nli_data.LABELS[predictions["base"][i]["pred"]],
-                 "finetuned": nli_data.LABELS[predictions["finetuned"][i]["pred"]]} for i in chosen]
+                 "gold": LABELS[predictions["base"][i]["gold"]],
+                 "base": LABELS[predictions["base"][i]["pred"]],
+                 "finetuned": LABELS[predictions["finetuned"][i]["pred"]]} for i in chosen]
 
     return {**base, "complete": True, "models": models,
             "comparison": stats.paired_difference(base_ok, tuned_ok),
@@ -144,11 +97,7 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
 
 def slurm_jobs(paths: RunPaths) -> dict:
     """Queue wait and times of the run's Slurm jobs (sacct); empty for local runs or without sacct."""
-    from hpcnli.status import sacct_times
-
-    if not paths.plan.is_file():
-        return {}
-    return sacct_times([str(j) for j in read_json(paths.plan).get("job_ids", [])])
+    return job_times([str(j) for j in SubmissionLedger(paths).job_ids()])
 
 
 def wall_span(metrics: list[dict]) -> float:
@@ -165,11 +114,11 @@ def max_memory(metrics: list[dict]) -> dict:
     return {k: max(m["memory"].get(k, 0) for m in metrics) for k in sorted(keys)}
 
 
-def main(cfg, paths: RunPaths) -> dict:
+def run(cfg, paths: RunPaths) -> dict:
     rep = build_report(paths, cfg)
     write_json(paths.report_json, rep)
-    report.write_markdown(paths, rep)
-    report.write_index(paths.run_dir.parent)
+    markdown.write_markdown(paths, rep)
+    index.write_index(paths.run_dir.parent)
     if not rep["complete"]:
         lines = [f"  {p['model']} shard {p['shard']} ({p['examples']} examples): {p['problem']}"
                  for p in rep["problems"]]
@@ -180,18 +129,18 @@ def main(cfg, paths: RunPaths) -> dict:
     return rep
 
 
-def cli(argv=None) -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
     args = parser.parse_args(argv)
     setup_logging()
     paths = RunPaths(args.run_dir)
     try:
-        main(load_config(paths.config), paths)
+        run(load_config(paths.config), paths)
     except IncompleteRun as e:
         print(f"hpcnli.reduce: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    cli()
+    main()

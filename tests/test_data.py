@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcnli import synthetic
+from hpcnli.data import synthetic
 from hpcnli.config import load_config
-from hpcnli.data import DataError, NLIData, load_source, load_split, shard_bounds, subset
+from hpcnli.data.nli import DataError, NLIData, load_source, load_split, shard_bounds, subset
 
 ROOT = Path(__file__).resolve().parents[1]
 SNLI = Path(__file__).resolve().parents[2] / "shared" / "snli"

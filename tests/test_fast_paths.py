@@ -1,4 +1,4 @@
-"""The fast paths give what the simple paths give, on a small real set (speed itself: hpcnli.bench*)."""
+"""The fast paths give what the simple paths give, on a small real set (speed itself: bench/eval_speed.py, bench/train_speed.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from conftest import ROOT, SNLI
-from hpcnli import data as nli_data
-from hpcnli import modeling
-from hpcnli.bench import per_example_loop
+from bench.eval_speed import per_example_loop
 from hpcnli.config import load_config
-from hpcnli.evaluate import predict
+from hpcnli.data import nli
 from hpcnli.finetune import _batches
+from hpcnli.model import loading
+from hpcnli.scoring import engine, prompts
+from hpcnli.scoring.engine import predict
 
 needs_snli = pytest.mark.skipif(not (SNLI / "test.jsonl").is_file(), reason="../shared/snli not present")
 OVERRIDES = [f"data.test={SNLI / 'test.jsonl'}", "data.max_test_examples=40", "eval.batch_size=16"]
@@ -31,9 +32,9 @@ def _scores(rows) -> torch.Tensor:
 
 @needs_snli
 def test_batched_scoring_matches_one_example_at_a_time(snli_cfg):
-    examples = nli_data.load_split(snli_cfg, "test").examples
-    tokenizer = modeling.load_tokenizer(snli_cfg)
-    model = modeling.load_eval_model(snli_cfg, None).eval()
+    examples = nli.load_split(snli_cfg, "test").examples
+    tokenizer = loading.load_tokenizer(snli_cfg)
+    model = loading.load_eval_model(snli_cfg, None).eval()
     batched = predict(model, tokenizer, snli_cfg, examples)
     single = per_example_loop(model, tokenizer, snli_cfg, examples)
     assert [r["pred"] for r in batched] == single
@@ -42,12 +43,12 @@ def test_batched_scoring_matches_one_example_at_a_time(snli_cfg):
 
 @needs_snli
 def test_dequantized_weights_score_like_the_4bit_model(snli_cfg):
-    examples = nli_data.load_split(snli_cfg, "test").examples
-    tokenizer = modeling.load_tokenizer(snli_cfg)
+    examples = nli.load_split(snli_cfg, "test").examples
+    tokenizer = loading.load_tokenizer(snli_cfg)
     runs = {}
     for weights in ("dequantized", "4bit"):
         cfg = load_config(CONFIG, OVERRIDES + [f"eval.weights={weights}"])
-        runs[weights] = predict(modeling.load_eval_model(cfg, None).eval(), tokenizer, cfg, examples)
+        runs[weights] = predict(loading.load_eval_model(cfg, None).eval(), tokenizer, cfg, examples)
     torch.testing.assert_close(_scores(runs["dequantized"]), _scores(runs["4bit"]), atol=2e-3, rtol=0)
 
 
@@ -58,44 +59,44 @@ def test_shared_premise_prefix_scores_like_whole_prompts(weights, tmp_path):
     # batch size 4: several prefix batches of different widths, merged into one chunk
     small = OVERRIDES + [f"eval.weights={weights}", "eval.batch_size=4"]
     cfg = load_config(CONFIG, small + ["data.max_test_examples=0"])
-    examples = nli_data.load_split(cfg, "test").examples[:45]  # in file order: a premise's pairs are together
-    tokenizer = modeling.load_tokenizer(cfg)
-    prompts = modeling.tokenize_prompts(tokenizer, cfg, examples)
-    groups = modeling.shared_prefixes([e["premise"] for e in examples], prompts)
+    examples = nli.load_split(cfg, "test").examples[:45]  # in file order: a premise's pairs are together
+    tokenizer = loading.load_tokenizer(cfg)
+    prompts = prompts.tokenize_prompts(tokenizer, cfg, examples)
+    groups = engine.shared_prefixes([e["premise"] for e in examples], prompts)
     assert sorted(i for rows, _ in groups for i in rows) == list(range(len(examples)))
     assert len(groups) <= len(examples) // 2  # SNLI has about 3 hypotheses per premise
     for rows, n in groups:
         assert all(prompts[i][:n] == prompts[rows[0]][:n] and n < len(prompts[i]) for i in rows)
     adapter = None
     if weights == "4bit":  # a LoRA adapter that changes the scores (a fresh one is a no-op: B = 0)
-        peft_model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
+        peft_model = loading.add_lora(loading.load_base_model(cfg), cfg)
         torch.manual_seed(0)
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02)
         adapter = tmp_path / "adapter"
         peft_model.save_pretrained(adapter)
-    model = modeling.load_eval_model(cfg, adapter).eval()
+    model = loading.load_eval_model(cfg, adapter).eval()
     shared = predict(model, tokenizer, cfg, examples)
     whole = predict(model, tokenizer, load_config(CONFIG, small + ["eval.share_prefix=false"]), examples)
     torch.testing.assert_close(_scores(shared), _scores(whole), atol=1e-4, rtol=0)
     assert [r["pred"] for r in shared] == [r["pred"] for r in whole]
     if adapter is not None:
-        base = predict(modeling.load_eval_model(cfg, None).eval(), tokenizer, cfg, examples)
+        base = predict(loading.load_eval_model(cfg, None).eval(), tokenizer, cfg, examples)
         assert (_scores(base) - _scores(shared)).abs().max() > 1e-2
 
 
 def test_narrowed_output_layer_gives_the_label_word_logits():
     cfg = load_config(None, ["data.max_train_examples=6"])
-    tokenizer = modeling.load_tokenizer(cfg)
-    label_ids = modeling.label_token_ids(tokenizer, cfg.task.label_words)
-    model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
-    ids, mask = modeling.pad_left(modeling.tokenize_prompts(tokenizer, cfg, nli_data.load_split(cfg, "train").examples),
+    tokenizer = loading.load_tokenizer(cfg)
+    label_ids = prompts.label_token_ids(tokenizer, cfg.task.label_words)
+    model = loading.add_lora(loading.load_base_model(cfg), cfg)
+    ids, mask = prompts.pad_left(prompts.tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples),
                                   tokenizer.pad_token_id)
     with torch.no_grad():
-        full = modeling.answer_logits(model, ids, mask)[:, label_ids]
-        modeling.narrow_output_layer(model.get_base_model(), label_ids)
-        narrow = modeling.answer_logits(model, ids, mask)
+        full = engine.answer_logits(model, ids, mask)[:, label_ids]
+        loading.narrow_output_layer(model.get_base_model(), label_ids)
+        narrow = engine.answer_logits(model, ids, mask)
     assert narrow.shape == (6, 3)
     torch.testing.assert_close(narrow, full)
 
@@ -113,18 +114,18 @@ def test_length_grouped_batches_cover_every_example_once_and_repeat():
 
 def test_top_layers_adapt_only_the_top_layers_and_backward_stops_there():
     cfg = load_config(None, ["lora.top_layers=3", "lora.target_modules=[q_proj, v_proj]"])
-    model = modeling.add_lora(modeling.load_base_model(cfg), cfg)
+    model = loading.add_lora(loading.load_base_model(cfg), cfg)
     n_layers = model.config.num_hidden_layers
     adapted = Counter(int(name.split(".layers.")[1].split(".")[0])
                       for name, p in model.named_parameters() if p.requires_grad)
     assert set(adapted) == set(range(n_layers - 3, n_layers))
-    tokenizer = modeling.load_tokenizer(cfg)
-    ids, mask = modeling.pad_left(modeling.tokenize_prompts(tokenizer, cfg, nli_data.load_split(cfg, "train").examples[:4]),
+    tokenizer = loading.load_tokenizer(cfg)
+    ids, mask = prompts.pad_left(prompts.tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples[:4]),
                                   tokenizer.pad_token_id)
     seen = []
     hooks = [layer.register_full_backward_hook(lambda m, gi, go, i=i: seen.append(i))
              for i, layer in enumerate(model.base_model.model.model.layers)]
-    modeling.answer_logits(model, ids, mask).sum().backward()
+    engine.answer_logits(model, ids, mask).sum().backward()
     for h in hooks:
         h.remove()
     assert set(seen) == set(range(n_layers - 3, n_layers))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_cli
-from hpcnli.paths import MODELS, RunPaths
+from hpcnli.run.paths import MODELS, RunPaths
 from test_slurm import sacct, sh, wait_done
 
 pytestmark = pytest.mark.slurm

@@ -8,14 +8,14 @@ from conftest import ROOT
 
 CONVERT = """
 import torch
-from hpcnli import modeling
+from hpcnli.model import loading, memory
 from hpcnli.config import load_config
 cfg = load_config("jobs/smoke.yaml")
-where, _ = modeling.resolve_model(cfg.model)
+where, _ = loading.resolve_model(cfg.model)
 print(where)
-model = modeling.load_base_model(cfg)
-tok = modeling.load_tokenizer(cfg)
-print(modeling.count_parameters(model)["total"], tok.padding_side)
+model = loading.load_base_model(cfg)
+tok = loading.load_tokenizer(cfg)
+print(memory.count_parameters(model)["total"], tok.padding_side)
 """
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import run_cli
 from hpcnli.config import load_config
 from hpcnli.io import read_jsonl
-from hpcnli.paths import MODELS, RunPaths
+from hpcnli.run.paths import MODELS, RunPaths
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,10 @@ def test_parameter_counts_against_unquantized_model(smoke_run):
     """4-bit packing halves stored elements; the report must count the real weights."""
     from transformers import AutoModelForCausalLM
 
-    from hpcnli import modeling
+    from hpcnli.model import loading
 
     cfg = load_config(smoke_run.config)
-    where, _ = modeling.resolve_model(cfg.model)
+    where, _ = loading.resolve_model(cfg.model)
     full = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16)
     n_full = sum(p.numel() for p in full.parameters())
     lora = sum(cfg.lora.r * (mod.in_features + mod.out_features) for name, mod in full.named_modules()

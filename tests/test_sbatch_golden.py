@@ -17,8 +17,8 @@ import pytest
 
 from conftest import ROOT
 from hpcnli.config import load_config
-from hpcnli.launch import executor_for
-from hpcnli.paths import RunPaths
+from hpcnli.launch.slurm import executor_for
+from hpcnli.run.paths import RunPaths
 
 GOLDEN = Path(__file__).parent / "golden"
 WEIRD_RUN = "/runs/it's a run; touch y"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
-from hpcnli.paths import RunPaths
+from hpcnli.run.paths import RunPaths
 
 pytestmark = pytest.mark.slurm
 SMOKE = ROOT / "jobs" / "smoke.yaml"

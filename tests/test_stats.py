@@ -1,4 +1,4 @@
-"""hpcnli.stats against formulas worked out independently here (standard library only)."""
+"""hpcnli.report.stats against formulas worked out independently here (standard library only)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from statistics import NormalDist
 
 import pytest
 
-from hpcnli.stats import accuracy_ci, confusion, paired_difference, per_class
+from hpcnli.report.stats import accuracy_ci, confusion, paired_difference, per_class
 
 Z = NormalDist().inv_cdf(0.975)  # 1.959963984540054
 

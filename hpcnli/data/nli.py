@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcnli import synthetic
+from hpcnli.data import synthetic
 
 LABELS = ("entailment", "neutral", "contradiction")
 STANFORD_LABELS = {name: i for i, name in enumerate(LABELS)}

@@ -5,26 +5,26 @@
 
 The reduce job runs even when shards failed; if some are missing and retries are left it
 resubmits just those shards plus a new reduce job, else it writes the incomplete report and fails.
-Only this module imports submitit; stages receive plain values.
+Only this module imports submitit; the stages it runs receive plain values.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from contextlib import contextmanager
 
 import submitit
 
 from hpcnli import evaluate, finetune, reduce
+from hpcnli.cluster.env import JobEnvironment, outside_job_env
 from hpcnli.config import RunConfig, load_config
-from hpcnli.env import JobEnvironment
-from hpcnli.io import read_json, write_json
 from hpcnli.logs import setup_logging
-from hpcnli.paths import MODELS, RunPaths
+from hpcnli.run.ledger import SubmissionLedger
+from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.state import progress_line, remaining_work
 
-log = logging.getLogger("hpcnli.launch")
+log = logging.getLogger(__name__)
+SubmissionRefused = submitit.core.utils.FailedJobError  # what submitit raises when sbatch refuses a job
 
 
 def _job_setup() -> JobEnvironment:
@@ -38,7 +38,7 @@ def _job_setup() -> JobEnvironment:
 def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmExecutor:
     """An executor with the run's resources; `stage` is finetune, eval-<model> or reduce."""
     r = cfg.resources
-    ex = submitit.SlurmExecutor(folder=paths.logs / "%j", max_num_timeout=3)
+    ex = submitit.SlurmExecutor(folder=paths.submitit_folder, max_num_timeout=3)
     params = dict(job_name=f"hpcnli-{stage}", partition=r.partition, time=r.time_min,
                   cpus_per_task=r.cpus_per_task, mem=f"{r.mem_gb}G", nodes=1, ntasks_per_node=1,
                   account=r.account, qos=r.qos, constraint=r.constraint,
@@ -56,22 +56,6 @@ def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmE
     return ex
 
 
-def check_partition(partition: str) -> str | None:
-    """Why Slurm would refuse this partition (sinfo's view), or None; checked before anything is queued."""
-    import shutil
-    import subprocess
-
-    if shutil.which("sinfo") is None:
-        return "resources.partition: no Slurm here (sinfo not found); use --executor local, or start one with slurm/local-cluster.sh up"
-    out = subprocess.run(["sinfo", "--noheader", "--format=%R"], capture_output=True, text=True)
-    if out.returncode != 0:
-        return f"resources.partition: Slurm does not answer ({out.stderr.strip()})"
-    known = sorted(set(out.stdout.split()))
-    if partition not in known:
-        return f"resources.partition: Slurm has no partition {partition!r}; sinfo lists: {', '.join(known)}"
-    return None
-
-
 # ---------------------------------------------------------------- what runs inside the jobs
 
 
@@ -82,44 +66,32 @@ class FinetuneJob(submitit.helpers.Checkpointable):
         _job_setup()
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         paths = RunPaths(run_dir)
-        finetune.main(load_config(paths.config), paths)
+        finetune.run(load_config(paths.config), paths)
         return str(paths.adapter)
 
 
 def eval_task(run_dir: str, model: str, shard: int) -> str:
     env = _job_setup()
     paths = RunPaths(run_dir)
-    evaluate.main(load_config(paths.config), paths, model, shard, job=env.describe())
+    evaluate.run(load_config(paths.config), paths, model, shard, job=env.describe())
     return str(paths.shard_predictions(model, shard))
 
 
 def reduce_task(run_dir: str, retries_left: int) -> str:
-    from hpcnli.submit import todo
-
     _job_setup()
     paths = RunPaths(run_dir)
     cfg = load_config(paths.config)
-    work = todo(cfg, paths, force=False)
+    work = remaining_work(cfg, paths)
     # Fine-tuned shards cannot be retried without an adapter; a failed fine-tune is reported instead.
     retry = {"finetune": False, "base": work["base"], "finetuned": [] if work["finetune"] else work["finetuned"]}
     if retries_left > 0 and (retry["base"] or retry["finetuned"]):
         log.warning("shards missing (base %s, finetuned %s); resubmitting them (%d retries left)",
                     retry["base"], retry["finetuned"], retries_left)
-        with _outside_job_env():
+        with outside_job_env():
             submit_slurm(cfg, paths, retry, wait=False, retries=retries_left - 1)
         return "resubmitted"
-    reduce.main(cfg, paths)  # raises IncompleteRun (job fails) if shards are still missing
+    reduce.run(cfg, paths)  # raises IncompleteRun (job fails) if shards are still missing
     return str(paths.report_md)
-
-
-@contextmanager
-def _outside_job_env():
-    """sbatch inside a job inherits SLURM_* options of that job; hide them while submitting."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_") and k != "SLURM_CONF"}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 # ---------------------------------------------------------------- submission
@@ -157,10 +129,7 @@ def submit_slurm(cfg: RunConfig, paths: RunPaths, work: dict, wait: bool = False
     reduce_job = ex.submit(reduce_task, run, retries)
     submitted["reduce"] = reduce_job.job_id
 
-    plan = read_json(paths.plan) if paths.plan.is_file() else {"submissions": []}
-    plan["submissions"].append({"time": time.time(), "retries_left": retries, "jobs": submitted})
-    plan["job_ids"] = sorted({j for s in plan["submissions"] for j in _job_ids(s["jobs"])})
-    write_json(paths.plan, plan)
+    SubmissionLedger(paths).record(submitted, retries_left=retries)
 
     print(f"submitted to partition {cfg.resources.partition}:")
     for stage, value in submitted.items():
@@ -170,35 +139,22 @@ def submit_slurm(cfg: RunConfig, paths: RunPaths, work: dict, wait: bool = False
           f"watch: python -m hpcnli.status {paths.run_dir}   (or squeue --me)")
     if not wait:
         return 0
-    return wait_for(paths, reduce_job)
+    return wait_for(paths)
 
 
-def _job_ids(jobs: dict) -> list[str]:
-    ids = []
-    for v in jobs.values():
-        if isinstance(v, dict):
-            ids.append(v["array_job_id"])
-        elif v:
-            ids.append(str(v))
-    return ids
-
-
-def wait_for(paths: RunPaths, reduce_job) -> int:
+def wait_for(paths: RunPaths) -> int:
     """Block until the run's last reduce job ends (following resubmissions), printing progress."""
-    from hpcnli.status import progress_line
-
+    ledger, cfg = SubmissionLedger(paths), load_config(paths.config)
     last = None
     while True:
-        plan = read_json(paths.plan)
-        job_id = plan["submissions"][-1]["jobs"]["reduce"]
-        job = submitit.SlurmJob(folder=paths.logs / "%j", job_id=job_id)
-        line = progress_line(paths)
+        job_id = ledger.last_reduce_job()
+        job = submitit.SlurmJob(folder=paths.submitit_folder, job_id=job_id)
+        line = progress_line(cfg, paths)
         if line != last:
             print(line, flush=True)
             last = line
         if job.done():
-            plan = read_json(paths.plan)
-            if plan["submissions"][-1]["jobs"]["reduce"] != job_id:
+            if ledger.last_reduce_job() != job_id:
                 continue  # the reduce job resubmitted missing shards: follow the new one
             # Judge by submitit's result file, not the Slurm state: the job may still read RUNNING for a
             # moment after its function has returned.

@@ -1,6 +1,6 @@
 """Evaluation speed, measured side by side in one run on the same examples and model.
 
-    python -m hpcnli.bench [--examples 300] [--data ../shared/snli/test.jsonl] [--prompt harness]
+    python -m bench.eval_speed [--examples 300] [--data ../shared/snli/test.jsonl] [--prompt harness]
                            [--repeat 3] [--shards 2] [--lm-eval bench/.venv-lmeval/bin/lm_eval] [--profile]
 
 Rows: the seed-style loop (one example per forward pass, fp32, full logits, unquantized weights),
@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from hpcnli import data as nli_data
-from hpcnli import modeling
 from hpcnli.config import load_config, task_overrides
-from hpcnli.evaluate import predict
+from hpcnli.data import nli
 from hpcnli.io import read_jsonl, write_jsonl
+from hpcnli.model import loading, memory
+from hpcnli.scoring import prompts
+from hpcnli.scoring.engine import predict
 
 PROMPTS = {  # --prompt name -> (task.prompt, task.label_words); "config" keeps those of --config
     # The harness's own MNLI prompt and choices (lm_eval/tasks/glue/mnli, which also adds a missing final
@@ -55,11 +56,11 @@ def prompt_overrides(name: str) -> list[str]:
 
 def per_example_loop(model, tokenizer, cfg, examples) -> list[int]:
     """The original assignment's shape: one example per call, full-sequence logits, no batching."""
-    label_ids = modeling.label_token_ids(tokenizer, cfg.task.label_words)
+    label_ids = prompts.label_token_ids(tokenizer, cfg.task.label_words)
     preds = []
     with torch.inference_mode():
         for e in examples:
-            ids = tokenizer(modeling.format_prompt(cfg.task.prompt, e), return_tensors="pt",
+            ids = tokenizer(prompts.format_prompt(cfg.task.prompt, e), return_tensors="pt",
                             add_special_tokens=False).input_ids
             logits = model(input_ids=ids).logits[0, -1]
             preds.append(int(torch.argmax(logits[label_ids])))
@@ -98,8 +99,8 @@ def _shard_worker(config: str, overrides: list[str], adapter, examples: list[dic
     """One shard as an eval array task with 1 CPU runs it: one torch thread, model loaded before the clock starts."""
     torch.set_num_threads(1)
     cfg = load_config(config, overrides)
-    tokenizer = modeling.load_tokenizer(cfg)
-    model = modeling.load_eval_model(cfg, adapter).eval()
+    tokenizer = loading.load_tokenizer(cfg)
+    model = loading.load_eval_model(cfg, adapter).eval()
     barrier.wait()  # every shard loaded: the shards' predictions start together
     start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
     preds = [r["pred"] for r in predict(model, tokenizer, cfg, examples)]
@@ -116,7 +117,7 @@ def shards_at_once(config: str, overrides: list[str], adapter, examples: list[di
 
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(n), ctx.Queue()
-    slices = [examples[slice(*nli_data.shard_bounds(len(examples), n, k))] for k in range(n)]
+    slices = [examples[slice(*nli.shard_bounds(len(examples), n, k))] for k in range(n)]
     procs = [ctx.Process(target=_shard_worker, args=(config, overrides, adapter, part, barrier, out)) for part in slices]
     for proc in procs:
         proc.start()
@@ -143,11 +144,11 @@ def lm_eval_harness(binary: str, cfg, examples: list[dict], dtype: str) -> dict:
     Returns its version, accuracy, predictions, the subprocess wall clock and, when its progress
     bar shows it, the seconds of its scoring loop (1 s resolution; no model load, no tokenizing).
     """
-    where, _ = modeling.resolve_model(cfg.model)
+    where, _ = loading.resolve_model(cfg.model)
     command = [binary, "-m", "lm_eval"] if Path(binary).name.startswith("python") else [binary]
     with tempfile.TemporaryDirectory(prefix="hpcnli-lmeval-") as tmp:
         tmp = Path(tmp)
-        write_jsonl(tmp / "examples.jsonl", [{"prompt": modeling.format_prompt(cfg.task.prompt, e),
+        write_jsonl(tmp / "examples.jsonl", [{"prompt": prompts.format_prompt(cfg.task.prompt, e),
                                               "label": e["label"]} for e in examples])
         task = {"task": HARNESS_TASK, "dataset_path": "json",
                 "dataset_kwargs": {"data_files": {"test": str(tmp / "examples.jsonl")}}, "test_split": "test",
@@ -207,19 +208,19 @@ def main(argv=None) -> None:
     if args.lm_eval and not all(w.startswith(" ") for w in cfg.task.label_words):
         parser.error("--lm-eval: the harness puts a space before each choice; every task.label_words entry "
                      "must start with one")
-    examples = nli_data.load_split(cfg, "test").examples[:args.examples]  # in file order, as a shard gets them
+    examples = nli.load_split(cfg, "test").examples[:args.examples]  # in file order, as a shard gets them
     args.shards = min(args.shards, len(examples))
-    tokenizer = modeling.load_tokenizer(cfg)
-    modeling.label_token_ids(tokenizer, cfg.task.label_words)  # one token each, checked before any model loads
-    print(f"{len(examples)} examples from {args.data}; {modeling.device_name()}; torch {torch.__version__}")
+    tokenizer = loading.load_tokenizer(cfg)
+    prompts.label_token_ids(tokenizer, cfg.task.label_words)  # one token each, checked before any model loads
+    print(f"{len(examples)} examples from {args.data}; {memory.device_name()}; torch {torch.__version__}")
 
     if args.profile:
-        return profile_predict(modeling.load_eval_model(cfg, args.adapter).eval(), tokenizer, cfg, examples)
+        return profile_predict(loading.load_eval_model(cfg, args.adapter).eval(), tokenizer, cfg, examples)
 
     from transformers import AutoModelForCausalLM
 
-    where, _ = modeling.resolve_model(cfg.model)
-    dtype = str(modeling.torch_dtype(cfg.model.dtype)).removeprefix("torch.")
+    where, _ = loading.resolve_model(cfg.model)
+    dtype = str(loading.torch_dtype(cfg.model.dtype)).removeprefix("torch.")
     adapter = ", adapter merged" if args.adapter else ""
     default = f"batched, dequantized to {dtype}{adapter}, premise run once per group (the default)"
     at_once = (f"{args.shards} shards at once, 1 thread each (the default path, as eval_cpus_per_task: 1 runs "
@@ -233,7 +234,7 @@ def main(argv=None) -> None:
     def batched(label, extra):
         def run():
             run_cfg = load_config(args.config, [*overrides, *extra])
-            model = modeling.load_eval_model(run_cfg, args.adapter).eval()
+            model = loading.load_eval_model(run_cfg, args.adapter).eval()
             out, secs = timed(lambda: predict(model, tokenizer, run_cfg, examples))
             return [(label, secs, [r["pred"] for r in out])]
         return run

@@ -1,6 +1,6 @@
 """Training speed, measured side by side in one process: the first recipe against the tuned one.
 
-    python -m hpcnli.bench_train [--config jobs/snli_cpu.yaml] [--steps 16] [--warmup 3]
+    python -m bench.train_speed [--config jobs/snli_cpu.yaml] [--steps 16] [--warmup 3]
 
 Each row runs the real training loop (`hpcnli.finetune.main`) for the same number of optimizer
 steps on the same training pairs, adding one change at a time to the first session's recipe (long
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hpcnli import finetune
 from hpcnli.config import TaskConfig, load_config, task_overrides
-from hpcnli.paths import RunPaths
+from hpcnli.run.paths import RunPaths
 
 FIRST_RECIPE = [*task_overrides(TaskConfig.prompt, TaskConfig.label_words),
                 "lora.dropout=0.05", "lora.top_layers=0", "train.loss=vocab", "train.group_by_length=false"]
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
             cfg = load_config(args.config, kept + fixed)
             paths = RunPaths(Path(tmp) / f"row{i}")
             paths.run_dir.mkdir()
-            m = finetune.main(cfg, paths)
+            m = finetune.run(cfg, paths)
             rows.append((label, m, steady_rate(m["loss_curve"], args.warmup)))
             print(f"{label}: {rows[-1][2]:.2f} examples/s", flush=True)
 

@@ -1,4 +1,4 @@
-"""Every file name of a run comes from here; no stage assembles a path itself."""
+"""Every file name of a run comes from here (as submitit's JobPaths); no other module assembles one."""
 
 from __future__ import annotations
 
@@ -36,8 +36,22 @@ class RunPaths:
         return self.run_dir / ".lock"
 
     @property
+    def plan_lock(self) -> Path:
+        """Beside the run directory: taken before the directory exists, by the first job that plans it."""
+        return self.run_dir.parent / f".{self.run_dir.name}.plan-lock"
+
+    @property
     def logs(self) -> Path:
         return self.run_dir / "logs"
+
+    def stage_log(self, name: str) -> Path:
+        """The log of one stage process of the local executor (eval_base_0, reduce, ...)."""
+        return self.logs / f"{name}.log"
+
+    @property
+    def submitit_folder(self) -> Path:
+        """submitit's folder pattern for a Slurm job's files (%j: the job id)."""
+        return self.logs / "%j"
 
     @property
     def adapter(self) -> Path:
@@ -46,6 +60,17 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.run_dir / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:07d}"
+
+    def checkpoint_staging(self, step: int) -> Path:
+        """Where a checkpoint is written before it is renamed into place."""
+        return self.checkpoints / f".tmp_step_{step:07d}"
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Checkpoints whose writing finished (they hold a COMPLETE marker), oldest first."""
+        return sorted(marker.parent for marker in self.checkpoints.glob("step_*/COMPLETE"))
 
     @property
     def train_metrics(self) -> Path:
@@ -76,3 +101,8 @@ class RunPaths:
 
     def plot(self, name: str) -> Path:
         return self.run_dir / f"{name}.png"
+
+
+def results_index(output_root: Path) -> Path:
+    """The index of every run under output_root (`results/report.md`); it belongs to output_root, not to a run."""
+    return Path(output_root) / "report.md"

@@ -1,9 +1,10 @@
-"""The only place that reads the scheduler's environment (as submitit's JobEnvironment does)."""
+"""The only reader of the scheduler's environment variables (as submitit's JobEnvironment)."""
 
 from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 
 
 class JobEnvironment:
@@ -53,3 +54,13 @@ class JobEnvironment:
     def describe(self) -> dict:
         return {"job_id": self.job_id, "array_job_id": self.array_job_id, "array_task_id": self.array_task_id,
                 "node": self.node, "cpus_per_task": self.cpus_per_task, "restart_count": self.restart_count, "gpus": self.gpus}
+
+
+@contextmanager
+def outside_job_env():
+    """sbatch run inside a job inherits that job's SLURM_* options; hide them while submitting new jobs."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_") and k != "SLURM_CONF"}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

@@ -1,0 +1,71 @@
+"""The Slurm adapter: the only place that runs Slurm's command-line tools (sinfo, squeue, sacct).
+
+Jobs are submitted by submitit (`hpcnli.launch.slurm`); everything else hpcnli asks the scheduler
+goes through these functions, which answer with plain values and never raise for a missing Slurm.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import datetime
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess | None:
+    """The command's result, or None where Slurm's tools are not installed."""
+    if shutil.which(argv[0]) is None:
+        return None
+    return subprocess.run(list(argv), capture_output=True, text=True)
+
+
+def partition_problem(partition: str) -> str | None:
+    """Why Slurm would refuse this partition (sinfo's view), or None; checked before anything is queued."""
+    out = _run("sinfo", "--noheader", "--format=%R")
+    if out is None:
+        return ("resources.partition: no Slurm here (sinfo not found); use --executor local, "
+                "or start one with slurm/local-cluster.sh up")
+    if out.returncode != 0:
+        return f"resources.partition: Slurm does not answer ({out.stderr.strip()})"
+    known = sorted(set(out.stdout.split()))
+    if partition not in known:
+        return f"resources.partition: Slurm has no partition {partition!r}; sinfo lists: {', '.join(known)}"
+    return None
+
+
+def live_jobs(job_ids: list[str]) -> list[str]:
+    """Those of job_ids that squeue still lists (pending or running); array tasks count for their array."""
+    out = _run("squeue", "--noheader", "--format=%i", "--jobs", ",".join(job_ids)) if job_ids else None
+    if out is None:
+        return []
+    return sorted({line.split("_")[0] for line in out.stdout.split()} & set(job_ids))
+
+
+def job_records(job_ids: list[str]) -> dict[str, dict]:
+    """job id (array tasks as <array>_<task>) -> name, state, exit code, submit/start/end, and queue wait
+    (start - submit, in seconds; None until the job starts), from sacct; empty where sacct is missing.
+    Job steps (.batch, .0) are left out."""
+    fields = "JobID,JobName,State,ExitCode,Submit,Start,End"
+    out = _run("sacct", "--noheader", "--parsable2", f"--format={fields}", "--jobs", ",".join(job_ids)) if job_ids else None
+    if out is None:
+        return {}
+    rows = {}
+    for line in out.stdout.splitlines():
+        job, name, state, code, submit, start, end = line.split("|")
+        if "." in job:
+            continue
+        started = start not in ("Unknown", "None", "")
+        wait = datetime.fromisoformat(start).timestamp() - datetime.fromisoformat(submit).timestamp() if started else None
+        rows[job] = {"name": name, "state": state.split()[0] if state else "?", "exit_code": code,
+                     "submit": submit, "start": start, "end": end, "queue_wait_s": wait}
+    return rows
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """job id -> Slurm state (PENDING, RUNNING, COMPLETED, FAILED, ...)."""
+    return {job: r["state"] for job, r in job_records(job_ids).items()}
+
+
+def job_times(job_ids: list[str]) -> dict[str, dict]:
+    """The jobs that started: name, state, submit/start/end and queue wait, for the report."""
+    keys = ("name", "state", "submit", "start", "end", "queue_wait_s")
+    return {job: {k: r[k] for k in keys} for job, r in job_records(job_ids).items() if r["queue_wait_s"] is not None}

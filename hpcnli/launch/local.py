@@ -1,0 +1,44 @@
+"""The local executor: every stage of a run as its own process on this machine, in order.
+
+The commands are the ones the sbatch scripts run (`python -m hpcnli.finetune <run>`, ...), so a
+local run exercises the same entry points as a cluster run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from hpcnli.config import RunConfig
+from hpcnli.run.paths import MODELS, RunPaths
+
+
+def _run_stage(paths: RunPaths, name: str, args: list[str]) -> bool:
+    log_file = paths.stage_log(name)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", *args]
+    t0 = time.perf_counter()
+    with open(log_file, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+    print(f"  {name:<22} {status:<16} {time.perf_counter() - t0:7.1f} s   log: {log_file}", flush=True)
+    return rc == 0
+
+
+def run_stages(cfg: RunConfig, paths: RunPaths, work: dict) -> int:
+    """Each stage is its own process, in order; failed eval shards are retried resources.max_retries times."""
+    run = str(paths.run_dir)
+    if work["finetune"] and not _run_stage(paths, "finetune", ["hpcnli.finetune", run]):
+        print("fine-tuning failed; the base-model shards still run", flush=True)
+    for model in MODELS:
+        for shard in work[model]:
+            for attempt in range(cfg.resources.max_retries + 1):
+                name = f"eval_{model}_{shard}" + (f"_retry{attempt}" if attempt else "")
+                if _run_stage(paths, name, ["hpcnli.evaluate", run, "--model", model, "--shard", str(shard)]):
+                    break
+    ok = _run_stage(paths, "reduce", ["hpcnli.reduce", run])
+    print(f"\nreport: {paths.report_md}" if ok else f"\nrun incomplete; see {paths.report_md}", flush=True)
+    return 0 if ok else 1

@@ -1,0 +1,6 @@
+"""The error every model-side check raises: what cannot be loaded, and how to make it available."""
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded, with how to make it available."""
+

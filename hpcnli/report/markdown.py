@@ -1,0 +1,150 @@
+"""report.md, rendered from report.json alone (and the plots drawn from it)."""
+
+from __future__ import annotations
+
+import json
+
+from hpcnli.io import atomic_write_text
+from hpcnli.report.plots import write_plots
+from hpcnli.run.paths import MODELS, RunPaths
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, fmt: str = ",.1f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _mb(memory: dict) -> str:
+    if "gpu_peak_allocated_mb" in memory:
+        return (f"GPU allocated {memory['gpu_peak_allocated_mb']:,.0f} MB, reserved "
+                f"{memory['gpu_peak_reserved_mb']:,.0f} MB")
+    if "process_peak_rss_mb" in memory:
+        return f"process peak RSS {memory['process_peak_rss_mb']:,.0f} MB (no GPU)"
+    return "n/a"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_incomplete(rep: dict) -> str:
+    lines = [f"# hpcnli run `{rep['run']}`: INCOMPLETE", "",
+             f"**{len(rep['problems'])} shard(s) missing or invalid; {rep['missing_examples']} example "
+             "predictions missing.** No accuracy is reported until every test example has exactly one "
+             "prediction per model.", "", "| model | shard | examples | problem |", "|---|---|---|---|"]
+    lines += [f"| {p['model']} | {p['shard']} | {p['examples']} | {_cell(p['problem'])} |" for p in rep["problems"]]
+    lines += ["", f"Complete it with `python -m hpcnli.submit --resume results/{rep['run']}`.", ""]
+    return "\n".join(lines)
+
+
+def _headline(rep: dict, plots: list[tuple[str, str]]) -> list[str]:
+    cfg, ts, models, cmp_ = rep["config"], rep["test_set"], rep["models"], rep["comparison"]
+    base = ("4-bit " + cfg["quantization"]["quant_type"].upper() if cfg["quantization"]["load_in_4bit"]
+            else cfg["model"]["dtype"])
+    out = [f"# hpcnli run `{rep['run']}`", ""]
+    if "synthetic" in ts["source"]:
+        out += ["> **Synthetic data.** This run uses the project's generated NLI set (templates), not SNLI.", ""]
+    out += [f"Model `{cfg['model']['name_or_path']}`, {base} base + LoRA r={cfg['lora']['r']}; "
+            f"test set `{ts['source']}`, {ts['examples']:,} examples ({ts['dropped']} without gold label dropped).", "",
+            "## Did fine-tuning help?", "",
+            "| model | accuracy | 95% CI | correct / examples |", "|---|---|---|---|"]
+    for m in MODELS:
+        r = models[m]
+        out.append(f"| {m} | **{pct(r['accuracy'])}** | {pct(r['accuracy_ci95'][0])} – {pct(r['accuracy_ci95'][1])} "
+                   f"| {r['correct']:,} / {r['examples']:,} |")
+    out += ["", f"Difference (fine-tuned − base): **{100 * cmp_['difference']:+.1f} points** "
+            f"(95% CI {100 * cmp_['ci95'][0]:+.1f} to {100 * cmp_['ci95'][1]:+.1f}); fine-tuning fixed "
+            f"{cmp_['fixed']:,} examples and broke {cmp_['broken']:,}; McNemar exact p = {cmp_['mcnemar_exact_p']:.3g}.", ""]
+    return out + [f"![{t}]({f})" for t, f in plots]
+
+
+def _per_class(rep: dict) -> list[str]:
+    models = rep["models"]
+    out = ["", "## Per class", "", "| model | class | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
+    for m in MODELS:
+        for name, c in models[m]["per_class"].items():
+            out.append(f"| {m} | {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    return out + ["", "Predicted label counts (entailment / neutral / contradiction): " +
+                  "; ".join(f"{m} {'/'.join(str(k) for k in models[m]['predicted_label_counts'])}" for m in MODELS), ""]
+
+
+def _changed_examples(rep: dict) -> list[str]:
+    out, cmp_ = [], rep["comparison"]
+    for title, key in (("Examples fine-tuning fixed", "fixed_examples"), ("Examples fine-tuning broke", "broken_examples")):
+        n = cmp_["fixed"] if key == "fixed_examples" else cmp_["broken"]
+        out += [f"## {title} ({n:,}; up to {len(rep[key])} shown, chosen by id hash)", ""]
+        if rep[key]:
+            out += ["| id | premise | hypothesis | gold | base | fine-tuned |", "|---|---|---|---|---|---|"]
+            out += [f"| {_cell(e['id'])} | {_cell(e['premise'])} | {_cell(e['hypothesis'])} | {e['gold']} | {e['base']} | {e['finetuned']} |"
+                    for e in rep[key]]
+        out.append("")
+    return out
+
+
+def _cost(rep: dict) -> list[str]:
+    train, models = rep.get("training") or {}, rep["models"]
+    params = train.get("parameters", {})
+    out = ["## Cost", "", "| what | value |", "|---|---|",
+           f"| training examples | {train.get('train_examples', 'n/a'):,} from `{train.get('train_source', 'n/a')}` |" if train else "| training | n/a |"]
+    if train:
+        out += [f"| training runtime | {train['runtime_s']:,.1f} s ({train['steps']} steps, {train['examples_seen']:,} examples seen, "
+                f"{train['examples_per_s']:.2f} examples/s, {train['tokens_per_s']:,.0f} tokens/s) |",
+                f"| training loss | final {_num(train['final_loss'], '.4f')}, best {_num(train['best_loss'], '.4f')} |",
+                f"| training peak memory | {_mb(train['memory'])} |",
+                f"| parameters | {params['total']:,} total (4-bit weights counted unpacked), {params['trainable']:,} trainable LoRA "
+                f"({100 * params['trainable_share']:.2f}%) |",
+                f"| adapter size on disk | {train.get('adapter_bytes', 0) / 2**20:.1f} MiB |"]
+    for m in MODELS:
+        r = models[m]
+        out.append(f"| {m} eval | {r['eval_runtime_summed_s']:,.1f} s predicting + {r['eval_model_load_summed_s']:,.1f} s "
+                   f"model loading summed over {len(rep['shards'][m])} shards ({r['eval_wall_span_s']:,.1f} s wall-clock "
+                   f"from first start to last end), {_num(r['eval_examples_per_s'])} examples/s per shard-second; "
+                   f"{_mb(r['peak_memory'])} |")
+    return out
+
+
+def _jobs(rep: dict) -> list[str]:
+    out = ["", "### Shards", "", "| model | shard | examples | predict s | load s | examples/s | peak memory | node |",
+           "|---|---|---|---|---|---|---|---|"]
+    for m in MODELS:
+        for s in rep["shards"][m]:
+            out.append(f"| {m} | {s['shard']} | {s['examples']} | {s['runtime_s']:.1f} | {s['model_load_s']:.1f} | "
+                       f"{_num(s['examples_per_s'])} | {_mb(s['memory'])} | {s['job'].get('node', 'n/a')} |")
+    jobs = rep.get("slurm_jobs") or {}
+    if jobs:
+        out += ["", "### Slurm jobs (sacct)", "", "| job | name | state | queue wait s | start | end |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {j} | {v['name']} | {v['state']} | {v['queue_wait_s']:,.0f} | {v['start']} | {v['end']} |"
+                for j, v in jobs.items()]
+    return out
+
+
+def _provenance(rep: dict) -> list[str]:
+    cfg, ts, train = rep["config"], rep["test_set"], rep.get("training") or {}
+    out = ["", "## Provenance", "", f"- config hash `{rep['config_hash']}`; test-set ids hash `{ts['ids_hash']}`",
+           f"- device: {train.get('device', 'n/a')}; scoring `{cfg['task']['scoring']}`, label words "
+           f"{cfg['task']['label_words']}, left padding, eval batch {cfg['eval']['batch_size']}",
+           f"- prompt: `{_cell(cfg['task']['prompt'])}`",
+           f"- eval weights: `{cfg['eval']['weights']}` (dequantized = 4-bit base dequantized to {cfg['model']['dtype']}, "
+           "adapter merged); seeds: train " + str(cfg['train']['seed']) + ", subsets " + str(cfg['data']['subset_seed'])]
+    prov = rep.get("provenance") or {}
+    if prov:
+        out.append(f"- code: git `{prov.get('git_commit')}`{' (uncommitted changes)' if prov.get('git_dirty') else ''}; "
+                   f"python {prov.get('python')}; " + ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()))
+    return out + ["", "<details><summary>Resolved config</summary>", "", "```json", json.dumps(cfg, indent=2), "```",
+                  "</details>", ""]
+
+
+def render(rep: dict, plots: list[tuple[str, str]]) -> str:
+    if not rep["complete"]:
+        return render_incomplete(rep)
+    sections = (_per_class(rep), _changed_examples(rep), _cost(rep), _jobs(rep), _provenance(rep))
+    return "\n".join(_headline(rep, plots) + [line for section in sections for line in section])
+
+
+def write_markdown(paths: RunPaths, rep: dict) -> None:
+    plots = write_plots(paths, rep) if rep["complete"] else []
+    atomic_write_text(paths.report_md, render(rep, plots))

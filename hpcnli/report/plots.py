@@ -1,0 +1,95 @@
+"""The report's PNG plots, each drawn from report.json alone and saved next to report.md."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from hpcnli.data.nli import LABELS
+from hpcnli.run.paths import MODELS, RunPaths
+
+
+def _save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(plt, rep: dict, path) -> str:
+    models = rep["models"]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    acc = [models[m]["accuracy"] for m in MODELS]
+    err = [[a - models[m]["accuracy_ci95"][0] for a, m in zip(acc, MODELS)],
+           [models[m]["accuracy_ci95"][1] - a for a, m in zip(acc, MODELS)]]
+    ax.bar(MODELS, acc, yerr=err, capsize=6, color=["#999999", "#3b7dd8"])
+    ax.axhline(1 / 3, ls="--", c="k", lw=0.8, label="chance")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.legend(loc="upper left")
+    _save(fig, path)
+    return "Accuracy with 95% confidence intervals"
+
+
+def plot_confusion(plt, rep: dict, path) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    for ax, m in zip(axes, MODELS):
+        cm = rep["models"][m]["confusion"]
+        ax.imshow(cm, cmap="Blues")
+        for i in range(3):
+            for j in range(3):
+                dark = cm[i][j] > 0.5 * max(max(row) for row in cm)
+                ax.text(j, i, cm[i][j], ha="center", va="center", color="white" if dark else "black")
+        ax.set_xticks(range(3), [w[:7] for w in LABELS])
+        ax.set_yticks(range(3), [w[:7] for w in LABELS])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("gold")
+        ax.set_title(m)
+    _save(fig, path)
+    return "Confusion matrices (rows gold, columns predicted)"
+
+
+def plot_loss(plt, rep: dict, path) -> str | None:
+    curve = (rep.get("training") or {}).get("loss_curve") or []
+    if not curve:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["step"] for r in curve], [r["loss"] for r in curve], marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    _save(fig, path)
+    return "Training loss"
+
+
+def plot_shards(plt, rep: dict, path) -> str | None:
+    shards = [s for m in MODELS for s in rep["shards"][m]]
+    if not shards:
+        return None
+    t0 = min(datetime.fromisoformat(s["started_at"]).timestamp() for s in shards)
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.35 * len(shards)))
+    for k, s in enumerate(shards):
+        start = datetime.fromisoformat(s["started_at"]).timestamp() - t0
+        end = datetime.fromisoformat(s["finished_at"]).timestamp() - t0
+        ax.barh(k, end - start, left=start, color="#3b7dd8" if s["model"] == "finetuned" else "#999999")
+    ax.set_yticks(range(len(shards)), [f"{s['model']} {s['shard']}" for s in shards])
+    ax.set_xlabel("seconds since the first shard started")
+    _save(fig, path)
+    return "Shard timeline"
+
+
+PLOTS = {"accuracy": plot_accuracy, "confusion": plot_confusion, "loss": plot_loss, "shards": plot_shards}
+
+
+def write_plots(paths: RunPaths, rep: dict) -> list[tuple[str, str]]:
+    """PNG plots next to the report; returns (title, file name) of each plot drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for name, draw in PLOTS.items():
+        title = draw(plt, rep, paths.plot(name))
+        if title:
+            made.append((title, paths.plot(name).name))
+    return made

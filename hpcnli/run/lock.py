@@ -1,0 +1,43 @@
+"""One live run per run directory: a second submit to a run in progress is refused."""
+
+from __future__ import annotations
+
+import fcntl
+
+from hpcnli.cluster.commands import live_jobs
+from hpcnli.run.ledger import SubmissionLedger
+from hpcnli.run.paths import RunPaths
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+class RunLock:
+    """An exclusive flock while this process works on the run, plus a check for queued Slurm jobs."""
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.paths.lock, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise RunLocked(f"{self.paths.run_dir} is in use by another hpcnli.submit; wait for it to end "
+                            "or start a new run") from None
+        live = live_jobs([str(j) for j in SubmissionLedger(self.paths).job_ids()])
+        if live:
+            self.__exit__()
+            raise RunLocked(f"{self.paths.run_dir} has Slurm jobs still queued or running ({', '.join(live)}); "
+                            f"wait for them (python -m hpcnli.status {self.paths.run_dir}) or scancel them")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

@@ -1,0 +1,106 @@
+"""Planning a run: every check that can be made before anything runs or is queued, then the run directory.
+
+A planned run directory holds `config.yaml` (the resolved config), `test_set.json` (the test set's
+example ids, in order) and `provenance.json` (code and package versions); every stage reads them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+from hpcnli.config import RunConfig, save_config
+from hpcnli.data.nli import load_split
+from hpcnli.io import write_json
+from hpcnli.model.errors import ModelError
+from hpcnli.model.loading import (check_target_modules, check_top_layers, load_tokenizer, not_found_message,
+                                  resolve_model)
+from hpcnli.run.paths import RunPaths
+from hpcnli.scoring.prompts import label_token_ids
+
+log = logging.getLogger(__name__)
+
+
+class PlanError(ValueError):
+    """The run cannot start as configured; the message says what to change."""
+
+
+def check_model(cfg: RunConfig) -> None:
+    """Tokenizer, label words and LoRA targets, checked on an empty (meta-device) model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(cfg)
+    label_token_ids(tokenizer, cfg.task.label_words)
+    where, kwargs = resolve_model(cfg.model)
+    try:
+        model_config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(not_found_message(where, e)) from None
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+    check_target_modules(empty, cfg.lora.target_modules)
+    check_top_layers(model_config, cfg.lora.top_layers)
+
+
+def provenance() -> dict:
+    """Code and package versions at planning time, for the report."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def git(*args):
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    packages = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "evaluate", "submitit"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "python": platform.python_version(), "packages": packages, "planned_on": platform.node(),
+            "planned_at": datetime.now().isoformat(timespec="seconds")}
+
+
+def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
+    """Validate data and model, then write the run's config, test-set manifest and plan."""
+    train = load_split(cfg, "train")
+    test = load_split(cfg, "test")
+    if cfg.eval.num_shards > len(test.examples):
+        raise PlanError(f"eval.num_shards: {cfg.eval.num_shards} shards for {len(test.examples)} test examples; "
+                        f"use at most {len(test.examples)}")
+    if len({e["id"] for e in test.examples}) != len(test.examples):
+        raise PlanError(f"data.test: {test.source} has duplicated example ids")
+    check_model(cfg)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise PlanError(f"{run_dir} exists; use --resume {run_dir} to complete it, or another name") from None
+    except OSError as e:
+        raise PlanError(f"cannot create the run directory {run_dir} ({e.strerror}); "
+                        "set output_root to a writable directory") from None
+    paths = RunPaths(run_dir)
+    save_config(cfg, paths.config)
+    write_json(paths.provenance, provenance())
+    write_json(paths.test_manifest, {"source": test.source, "examples": len(test.examples), "dropped": test.dropped,
+                                     "ids_hash": test.ids_hash, "ids": [e["id"] for e in test.examples]})
+    log.info("planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
+             run_dir, len(train.examples), train.source, len(test.examples), test.source, cfg.eval.num_shards)
+    return paths
+
+
+def plan_once(run_dir: Path, make_plan) -> RunPaths:
+    """For the sbatch scripts, whose jobs may all start at once: the first calls make_plan(), the rest reuse its run."""
+    paths = RunPaths(run_dir)
+    try:
+        paths.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PlanError(f"cannot create the run directory {run_dir} ({e.strerror}); "
+                        "choose a writable --run-dir or output_root") from None
+    with open(paths.plan_lock, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return paths if paths.config.is_file() else make_plan()
