@@ -1,7 +1,7 @@
 """Shard scaling on a Slurm cluster: the test set scored by 1 shard against 2 shards, through sbatch.
 
     eval "$(slurm/local-cluster.sh env)"    # a cluster must be up (slurm/local-cluster.sh up, as root)
-    python bench/shard_scaling.py [--config jobs/snli_cpu.yaml] [--examples 0] [--partition gpu]
+    python -m bench.shard_scaling [--config jobs/snli_cpu.yaml] [--examples 0] [--partition gpu]
 
 Each layout is a real run directory (`python -m hpcnli.submit --plan-only`) whose base-model shards run
 as one array of `slurm/eval_array.sh`, submitted with `sbatch --wait`. Wall time is Slurm's (sacct):
@@ -24,6 +24,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from hpcnli.cluster.commands import job_records
+from hpcnli.run.paths import RunPaths
+
 LAYOUTS = [  # (label, shards, CPUs per shard)
     ("1 shard, 1 CPU", 1, 1),
     ("2 shards, 1 CPU each", 2, 1),
@@ -37,15 +40,13 @@ def slurm_wall_s(job: str, tasks: int) -> float:
     sbatch --wait polls, so timing it would round up; sacct may lag the end of the job by a moment.
     """
     for _ in range(30):
-        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "--format=Submit,End"],
-                             check=True, capture_output=True, text=True).stdout.split()
-        times = [line.split("|") for line in out]
-        if len(times) == tasks and all(end[:1].isdigit() for _, end in times):
-            submits = [datetime.fromisoformat(submit) for submit, _ in times]
-            ends = [datetime.fromisoformat(end) for _, end in times]
+        times = [r for r in job_records([job]).values() if r["end"][:1].isdigit()]
+        if len(times) == tasks:
+            submits = [datetime.fromisoformat(r["submit"]) for r in times]
+            ends = [datetime.fromisoformat(r["end"]) for r in times]
             return (max(ends) - min(submits)).total_seconds()
         time.sleep(1)
-    raise SystemExit(f"sacct has no end time for the {tasks} tasks of job {job}: {out}")
+    raise SystemExit(f"sacct has no end time for the {tasks} tasks of job {job}: {job_records([job])}")
 
 
 def run_layout(args, root: Path, shards: int, cpus: int) -> dict:
@@ -60,7 +61,7 @@ def run_layout(args, root: Path, shards: int, cpus: int) -> dict:
                           "slurm/eval_array.sh", str(run_dir), "base", str(run_dir / "config.yaml")],
                          check=True, env=env, capture_output=True, text=True).stdout.strip().split(";")[0]
     wall = slurm_wall_s(job, shards)
-    metrics = [json.loads(p.read_text()) for p in sorted((run_dir / "predictions" / "base").glob("*.metrics.json"))]
+    metrics = [json.loads(p.read_text()) for p in sorted(RunPaths(run_dir).shard_dir("base").glob("*.metrics.json"))]
     if len(metrics) != shards:
         raise SystemExit(f"{run_dir}: {len(metrics)} shard metrics files for {shards} shards; see {run_dir}/slurm-*.out")
     return {"wall_s": wall, "load_s": [m["model_load_s"] for m in metrics], "predict_s": [m["runtime_s"] for m in metrics],

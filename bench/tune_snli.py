@@ -1,6 +1,6 @@
 """Tune the CPU SNLI recipe on a held-out slice of the training file, never on the test file.
 
-    python bench/tune_snli.py [--only NAME ...] [--out results/snli-tuning]
+    python -m bench.tune_snli [--only NAME ...] [--out results/snli-tuning]
 
 Every try is a real run of the pipeline (`python -m hpcnli.submit --executor local`) on
 `jobs/snli_cpu.yaml` with `data.test=holdout`: fine-tune on pairs of ../shared/snli/validation.jsonl,

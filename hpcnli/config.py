@@ -117,7 +117,7 @@ class EvalConfig:
     weights: str = "dequantized"
     # Prompts that share a premise share their first tokens: run those once per premise and reuse their
     # key/value cache for each hypothesis (same scores up to float rounding). false = every prompt whole.
-    # The caches of 8 × batch_size premise groups are held at once (evaluate.PREFIX_CHUNK_BATCHES).
+    # The caches of 8 × batch_size premise groups are held at once (scoring.engine.PREFIX_CHUNK_BATCHES).
     share_prefix: bool = True
 
 

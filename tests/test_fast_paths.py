@@ -13,7 +13,8 @@ from hpcnli.config import load_config
 from hpcnli.data import nli
 from hpcnli.finetune import _batches
 from hpcnli.model import loading
-from hpcnli.scoring import engine, prompts
+from hpcnli.scoring import engine
+from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 from hpcnli.scoring.engine import predict
 
 needs_snli = pytest.mark.skipif(not (SNLI / "test.jsonl").is_file(), reason="../shared/snli not present")
@@ -61,7 +62,7 @@ def test_shared_premise_prefix_scores_like_whole_prompts(weights, tmp_path):
     cfg = load_config(CONFIG, small + ["data.max_test_examples=0"])
     examples = nli.load_split(cfg, "test").examples[:45]  # in file order: a premise's pairs are together
     tokenizer = loading.load_tokenizer(cfg)
-    prompts = prompts.tokenize_prompts(tokenizer, cfg, examples)
+    prompts = tokenize_prompts(tokenizer, cfg, examples)
     groups = engine.shared_prefixes([e["premise"] for e in examples], prompts)
     assert sorted(i for rows, _ in groups for i in rows) == list(range(len(examples)))
     assert len(groups) <= len(examples) // 2  # SNLI has about 3 hypotheses per premise
@@ -89,9 +90,9 @@ def test_shared_premise_prefix_scores_like_whole_prompts(weights, tmp_path):
 def test_narrowed_output_layer_gives_the_label_word_logits():
     cfg = load_config(None, ["data.max_train_examples=6"])
     tokenizer = loading.load_tokenizer(cfg)
-    label_ids = prompts.label_token_ids(tokenizer, cfg.task.label_words)
+    label_ids = label_token_ids(tokenizer, cfg.task.label_words)
     model = loading.add_lora(loading.load_base_model(cfg), cfg)
-    ids, mask = prompts.pad_left(prompts.tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples),
+    ids, mask = pad_left(tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples),
                                   tokenizer.pad_token_id)
     with torch.no_grad():
         full = engine.answer_logits(model, ids, mask)[:, label_ids]
@@ -120,7 +121,7 @@ def test_top_layers_adapt_only_the_top_layers_and_backward_stops_there():
                       for name, p in model.named_parameters() if p.requires_grad)
     assert set(adapted) == set(range(n_layers - 3, n_layers))
     tokenizer = loading.load_tokenizer(cfg)
-    ids, mask = prompts.pad_left(prompts.tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples[:4]),
+    ids, mask = pad_left(tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples[:4]),
                                   tokenizer.pad_token_id)
     seen = []
     hooks = [layer.register_full_backward_hook(lambda m, gi, go, i=i: seen.append(i))

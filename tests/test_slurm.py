@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
+from hpcnli.cluster.commands import job_records, live_jobs
 from hpcnli.run.paths import RunPaths
 
 pytestmark = pytest.mark.slurm
@@ -26,14 +27,8 @@ def sh(*cmd) -> str:
 
 
 def sacct(job_ids) -> dict[str, dict]:
-    out = sh("sacct", "--noheader", "--parsable2", "--format=JobID,State,Start,End,ExitCode",
-             "--jobs", ",".join(map(str, job_ids)))
-    rows = {}
-    for line in out.splitlines():
-        job, state, start, end, code = line.split("|")
-        if "." not in job:
-            rows[job] = {"state": state.split()[0], "start": start, "end": end, "exit": code}
-    return rows
+    """The jobs' sacct records (state, start, end, exit code) through hpcnli's own Slurm adapter."""
+    return job_records([str(j) for j in job_ids])
 
 
 def wait_done(job_ids, timeout=900) -> dict[str, dict]:
@@ -41,7 +36,7 @@ def wait_done(job_ids, timeout=900) -> dict[str, dict]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         rows = sacct(job_ids)
-        live = sh("squeue", "--noheader", "--format=%i", "--jobs", ",".join(map(str, job_ids)))
+        live = live_jobs([str(j) for j in job_ids])
         if rows and not live and all(r["state"] not in ("PENDING", "RUNNING", "REQUEUED") for r in rows.values()):
             return rows
         time.sleep(3)
