@@ -4,10 +4,11 @@
                            [--repeat 3] [--shards 2] [--lm-eval bench/.venv-lmeval/bin/lm_eval] [--profile]
 
 Rows: the seed-style loop (one example per forward pass, fp32, full logits, unquantized weights),
-the project's batched path on the 4-bit model, and on that model dequantized to model.dtype (what
-`eval.weights: dequantized` runs), once with whole prompts and once with each premise run once for
-all its hypotheses (`eval.share_prefix`, the default); then that default path again as --shards
-1-thread processes at once, the way 1-CPU eval array tasks share a node. With --adapter, the batched
+the project's batched path on the 4-bit model, and on that model dequantized to the evaluation dtype
+(what `eval.weights: dequantized` runs), once with whole prompts and once with each premise run once
+for all its hypotheses (`eval.share_prefix`, the default); the default path in the other dtype
+(float32 / bfloat16); then the default path again as --shards 1-thread processes at once, the way
+1-CPU eval array tasks share a node. With --adapter, the batched
 rows score the fine-tuned model.
 With --lm-eval (a venv made by bench/lm_eval_venv.sh), EleutherAI lm-evaluation-harness scores the
 same examples, prompt and label words in a subprocess; --prompt harness gives all rows its prompt.
@@ -220,9 +221,10 @@ def main(argv=None) -> None:
     from transformers import AutoModelForCausalLM
 
     where, _ = loading.resolve_model(cfg.model)
-    dtype = str(loading.torch_dtype(cfg.model.dtype)).removeprefix("torch.")
+    dtype = loading.dtype_name(loading.stage_dtype(cfg.model.dtype, "eval"))
     adapter = ", adapter merged" if args.adapter else ""
     default = f"batched, dequantized to {dtype}{adapter}, premise run once per group (the default)"
+    other = "bfloat16" if dtype == "float32" else "float32"  # the same path in the other dtype, side by side
     at_once = (f"{args.shards} shards at once, 1 thread each (the default path, as eval_cpus_per_task: 1 runs "
                f"eval.num_shards={args.shards} on a {args.shards}-CPU node)")
 
@@ -256,7 +258,9 @@ def main(argv=None) -> None:
                        ["eval.weights=4bit"]),
                batched(f"batched, dequantized to {dtype}{adapter}, whole prompts (eval.share_prefix=false)",
                        ["eval.share_prefix=false"]),
-               batched(default, [])]
+               batched(default, []),
+               batched(f"batched, dequantized to {other}{adapter}, premise run once per group (model.dtype={other})",
+                       [f"model.dtype={other}", f"quantization.compute_dtype={other}"])]
     if args.shards > 1:
         runners.append(shards)
     if args.lm_eval:

@@ -1,12 +1,13 @@
 """Training speed, measured side by side in one process: the first recipe against the tuned one.
 
-    python -m bench.train_speed [--config jobs/snli_cpu.yaml] [--steps 16] [--warmup 3]
+    python -m bench.train_speed [--config jobs/snli_cpu.yaml] [--steps 16] [--warmup 3] [--dtypes]
 
-Each row runs the real training loop (`hpcnli.finetune.main`) for the same number of optimizer
+Each row runs the real training loop (`hpcnli.finetune.run`) for the same number of optimizer
 steps on the same training pairs, adding one change at a time to the first session's recipe (long
 prompt, LoRA dropout 0.05, loss over the whole vocabulary, random batches) until it is the recipe of
 --config; a last row also restricts LoRA to the top layers. Prints examples/s after the first
 --warmup steps (and over all steps), prompt tokens/s and the speed-up over the first row.
+--dtypes instead runs the config's recipe in float32, with bfloat16 4-bit compute, and all in bfloat16.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ STEPS = [  # (row label, the overrides of FIRST_RECIPE that the row drops, the o
     ("+ LoRA on the top 15 layers only (not the config's recipe: less accurate per example)", (), ("lora.top_layers=15",)),
 ]
 
+DTYPE_ROWS = [  # --dtypes: the config's recipe in each dtype (model.dtype, quantization.compute_dtype)
+    ("config's recipe, all float32", ("float32", "float32")),
+    ("config's recipe, float32 weights, bfloat16 4-bit compute", ("float32", "bfloat16")),
+    ("config's recipe, all bfloat16", ("bfloat16", "bfloat16")),
+]
+
 
 def steady_rate(loss_curve: list[dict], warmup: int) -> float:
     """Examples/s after the first `warmup` steps (one loss record per step): the first steps of a
@@ -45,17 +52,25 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps per row (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="first steps of each row left out of examples/s (default: %(default)s)")
+    parser.add_argument("--dtypes", action="store_true",
+                        help="rows of the config's recipe in float32 and bfloat16 instead of the recipe steps")
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.steps:
         parser.error(f"--warmup: must be at least 1 and below --steps ({args.steps}), got {args.warmup}")
     logging.basicConfig(level=logging.WARNING)
     fixed = [f"train.max_steps={args.steps}", "train.checkpoint_every=0", "train.log_every=1"]
 
-    rows, kept = [], list(FIRST_RECIPE)
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, dropped, added) in enumerate(STEPS):
+    if args.dtypes:
+        plan = [(label, [f"model.dtype={w}", f"quantization.compute_dtype={c}"]) for label, (w, c) in DTYPE_ROWS]
+    else:
+        plan, kept = [], list(FIRST_RECIPE)
+        for label, dropped, added in STEPS:
             kept = [o for o in kept if not o.startswith(dropped)] + list(added)
-            cfg = load_config(args.config, kept + fixed)
+            plan.append((label, kept))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, row_overrides) in enumerate(plan):
+            cfg = load_config(args.config, row_overrides + fixed)
             paths = RunPaths(Path(tmp) / f"row{i}")
             paths.run_dir.mkdir()
             m = finetune.run(cfg, paths)

@@ -17,14 +17,15 @@ from typing import Any
 import yaml
 
 from hpcnli.data.synthetic import MAX_TRAIN_SIZE
+from hpcnli.errors import UserFacingError
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: bfloat16 where it is fast, else float32
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # auto: chosen per stage (model.loading.stage_dtype)
 SCORING_MODES = ("verbalizer", "head")
 SCHEDULERS = ("linear", "cosine", "constant")
 LOSSES = ("labels", "vocab")  # verbalizer scoring only; "head" is always a 3-way loss
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """Every problem found in a config, one per line, each naming the key to change."""
 
     def __init__(self, problems: list[str], source: str = "config"):
@@ -39,7 +40,9 @@ class ModelConfig:
     name_or_path: str = "packaged:smollm2-135m-instruct"
     revision: str | None = None  # Hub revision; ignored for local and packaged models
     trust_remote_code: bool = False  # run code shipped with a Hub model; off unless you trust it
-    dtype: str = "auto"  # dtype of weights that are not quantized; auto = bfloat16 where it is fast, else float32
+    # dtype of weights that are not quantized, for every stage; auto: training in bfloat16 where it is
+    # fast (GPU, AMX / AVX512-BF16 CPU), else float32; evaluation in float32 (the same answers on every machine)
+    dtype: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,20 @@ class RunConfig:
         d.pop("resources")
         d.pop("name")
         d.pop("output_root")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return _short_hash(d)
+
+    def train_hash(self) -> str:
+        """Short hash of what determines the adapter: every section but eval and resources, and of data only
+        what picks the training pairs. A changed config.yaml with the same train_hash keeps its adapter."""
+        d = self.to_dict()
+        for k in ("resources", "name", "output_root", "eval"):
+            d.pop(k)
+        d["data"] = {k: v for k, v in d["data"].items() if k not in ("test", "max_test_examples", "synthetic_test_size")}
+        return _short_hash(d)
+
+
+def _short_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _plain(obj: Any) -> Any:
@@ -204,6 +220,8 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         return float(value)
     if tp is float and isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
         return float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `name: 2024`, `resources.account=12345`: YAML reads them as numbers
     if tp in (int, float, str, bool):
         if isinstance(value, bool) and tp is not bool:
             ok = False
@@ -282,6 +300,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(t.batch_size > 0, f"train.batch_size: must be > 0, got {t.batch_size}")
     need(t.grad_accum > 0, f"train.grad_accum: must be > 0, got {t.grad_accum}")
     need(t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}")
+    need(t.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {t.weight_decay}")
     need(t.lr_scheduler in SCHEDULERS, f"train.lr_scheduler: {t.lr_scheduler!r} is not one of {SCHEDULERS}")
     need(0.0 <= t.warmup_ratio < 1.0, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
     need(t.max_grad_norm >= 0, f"train.max_grad_norm: must be >= 0 (0 = no clipping), got {t.max_grad_norm}")
@@ -373,6 +392,35 @@ def config_from_dict(data: Any, source: str = "config") -> RunConfig:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError([f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one section "
+                                   f"(first on line {seen[key] + 1}); keep one"])
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, source: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(["not UTF-8 text; a config is a YAML text file (see jobs/*.yaml)"], source) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read it ({e.strerror})"], source) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(e.problems, source) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], source) from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config (or the defaults when path is None) and apply `key=value` overrides."""
     data: Any = {}
@@ -382,10 +430,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         source = str(path)
         if not path.is_file():
             raise ConfigError([f"--config: no file {path}; the shipped configs are in jobs/"], source)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError([f"not valid YAML: {e}"], source) from None
+        data = read_yaml(path, source) or {}
     if overrides:
         if not isinstance(data, dict):
             raise ConfigError(["top level: expected a mapping of sections"], source)

@@ -8,33 +8,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from datetime import datetime, timezone
 
 from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
 from hpcnli.data.nli import load_split, shard_bounds
+from hpcnli.errors import UserFacingError, raise_on_sigterm, run_command
 from hpcnli.io import read_json, write_json, write_jsonl
 from hpcnli.logs import setup_logging
-from hpcnli.model.loading import load_eval_model, load_tokenizer, torch_dtype
+from hpcnli.model.loading import dtype_name, load_eval_model, load_tokenizer, stage_dtype
 from hpcnli.model.memory import device_name, peak_memory, reset_peak_memory
 from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.state import adapter_sha256, test_set_changed, training_done
 from hpcnli.scoring.engine import predict
 
 log = logging.getLogger("hpcnli.evaluate")
 
 
-class StageError(RuntimeError):
+class StageError(UserFacingError, RuntimeError):
     """A stage cannot run with the files it was given."""
 
 
 def shard_examples(cfg, paths: RunPaths, shard: int) -> list[dict]:
     """This shard's slice of the test set, checked against the run's test-set manifest."""
     test = load_split(cfg, "test")
-    manifest = read_json(paths.test_manifest)
-    if test.ids_hash != manifest["ids_hash"]:
-        raise StageError(f"test set changed since the run was planned ({test.source}: ids hash "
-                         f"{test.ids_hash} != {manifest['ids_hash']}); submit a new run")
+    why = test_set_changed(test, read_json(paths.test_manifest))
+    if why:
+        raise StageError(why)
     lo, hi = shard_bounds(len(test.examples), cfg.eval.num_shards, shard)
     return test.examples[lo:hi]
 
@@ -50,7 +52,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
 
     t_load = time.perf_counter()
     tokenizer = load_tokenizer(cfg)
-    if model_kind == "finetuned" and not (paths.adapter / "adapter_config.json").is_file():
+    if model_kind == "finetuned" and not training_done(paths):
         raise StageError(f"no fine-tuned adapter in {paths.adapter}; the fine-tune stage must finish first")
     model = load_eval_model(cfg, paths.adapter if model_kind == "finetuned" else None)
     model.eval()
@@ -64,9 +66,11 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     write_jsonl(paths.shard_predictions(model_kind, shard), rows)
     metrics = {
         "model": model_kind, "shard": shard, "num_shards": cfg.eval.num_shards, "examples": len(rows),
-        "config_hash": cfg.hash(), "runtime_s": runtime, "model_load_s": load_s,
+        "config_hash": cfg.hash(), "test_content_hash": read_json(paths.test_manifest).get("content_hash"),
+        "adapter_sha256": adapter_sha256(paths) if model_kind == "finetuned" else None,
+        "runtime_s": runtime, "model_load_s": load_s,
         "examples_per_s": len(rows) / runtime if runtime > 0 else None,
-        "batch_size": cfg.eval.batch_size, "dtype": str(torch_dtype(cfg.model.dtype)).removeprefix("torch."), "weights": cfg.eval.weights,
+        "batch_size": cfg.eval.batch_size, "dtype": dtype_name(stage_dtype(cfg.model.dtype, "eval")), "weights": cfg.eval.weights,
         "share_prefix": cfg.eval.share_prefix,
         "quantized_4bit": cfg.quantization.load_in_4bit, "device": device_name(),
         "memory": peak_memory(), "started_at": started,
@@ -78,7 +82,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     return metrics
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
     parser.add_argument("--model", choices=MODELS, required=True)
@@ -92,8 +96,10 @@ def main(argv=None) -> None:
     if shard is None:
         parser.error("--shard is required outside a Slurm array job")
     paths = RunPaths(args.run_dir)
-    run(load_config(paths.config), paths, args.model, shard, job=env.describe())
+    return run_command("hpcnli.evaluate",
+                       lambda: run(load_config(paths.config), paths, args.model, shard, job=env.describe()))
 
 
 if __name__ == "__main__":
-    main()
+    raise_on_sigterm()
+    sys.exit(main())

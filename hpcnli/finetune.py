@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ import torch
 from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
 from hpcnli.data.nli import load_split
+from hpcnli.errors import raise_on_sigterm, run_command
 from hpcnli.io import write_json
 from hpcnli.logs import setup_logging
-from hpcnli.model.loading import add_lora, load_base_model, load_tokenizer, narrow_output_layer
+from hpcnli.model.loading import add_lora, dtype_name, load_base_model, load_tokenizer, narrow_output_layer, stage_dtype
 from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory
 from hpcnli.run.paths import RunPaths
 from hpcnli.scoring.engine import training_logits
@@ -68,6 +70,11 @@ def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -
     log.info("checkpoint at step %d: %s", state["step"], target)
 
 
+def checkpoint_inputs(ckpt: Path) -> dict | None:
+    """The training inputs (config and data hashes) a checkpoint was written for."""
+    return torch.load(ckpt / "trainer.pt", weights_only=False)["state"].get("inputs")
+
+
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -91,6 +98,7 @@ class Trainee:
     answers: torch.Tensor
     params: dict
     load_s: float
+    inputs: dict  # what the adapter depends on: {train_config_hash, train_data_hash}
 
 
 def prepare_model_and_data(cfg, train) -> Trainee:
@@ -101,7 +109,7 @@ def prepare_model_and_data(cfg, train) -> Trainee:
     # The loss target: the class index over 3 logits (head, or the 3 label-word logits), or the label
     # word's token id over the whole vocabulary (train.loss "vocab").
     over_vocab = not head and cfg.train.loss == "vocab"
-    model = add_lora(load_base_model(cfg), cfg)
+    model = add_lora(load_base_model(cfg, "train"), cfg)
     load_s = time.perf_counter() - t_load
     params = count_parameters(model)
     log.info("parameters: %s", params)
@@ -109,7 +117,8 @@ def prepare_model_and_data(cfg, train) -> Trainee:
         narrow_output_layer(model.get_base_model(), label_ids)
     prompts = tokenize_prompts(tokenizer, cfg, train.examples)
     answers = torch.tensor([label_ids[e["label"]] if over_vocab else e["label"] for e in train.examples])
-    return Trainee(model, tokenizer, prompts, answers, params, load_s)
+    inputs = {"train_config_hash": cfg.train_hash(), "train_data_hash": train.content_hash}
+    return Trainee(model, tokenizer, prompts, answers, params, load_s, inputs)
 
 
 def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dict, int, float]:
@@ -131,9 +140,12 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dic
                               num_training_steps=total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = {"step": 0, "epoch": 0, "batch": 0, "seen": 0, "tokens": 0, "elapsed_s": 0.0, "losses": [],
-             "restarts": 0}
+             "restarts": 0, "inputs": trainee.inputs}
     done = paths.complete_checkpoints()
-    if done:
+    if done and checkpoint_inputs(done[-1]) != trainee.inputs:  # written for another config or training set
+        log.warning("ignoring checkpoints of other inputs (%s, now %s)", checkpoint_inputs(done[-1]), trainee.inputs)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    elif done:
         state = load_checkpoint(done[-1], accelerator.unwrap_model(model), optimizer, scheduler)
         state["restarts"] += 1
     model.train()
@@ -208,8 +220,10 @@ def run(cfg, paths: RunPaths) -> dict:
         "final_loss": losses[-1]["loss"] if losses else None,
         "best_loss": min(r["loss"] for r in losses) if losses else None,
         "loss_curve": losses, "parameters": trainee.params, "memory": peak_memory(),
-        "device": device_name(), "num_processes": accelerator.num_processes,
+        "device": device_name(), "dtype": dtype_name(stage_dtype(cfg.model.dtype, "train")),
+        "num_processes": accelerator.num_processes,
         "effective_batch_size": t.batch_size * t.grad_accum * accelerator.num_processes,
+        "inputs": trainee.inputs,
     }
     if accelerator.is_main_process:
         accelerator.unwrap_model(trainee.model).save_pretrained(paths.adapter, safe_serialization=True)
@@ -220,15 +234,16 @@ def run(cfg, paths: RunPaths) -> dict:
     return metrics
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="run directory made by hpcnli.submit (holds config.yaml)")
     args = parser.parse_args(argv)
     setup_logging()
     JobEnvironment().match_torch_threads()
     paths = RunPaths(args.run_dir)
-    run(load_config(paths.config), paths)
+    return run_command("hpcnli.finetune", lambda: run(load_config(paths.config), paths))
 
 
 if __name__ == "__main__":
-    main()
+    raise_on_sigterm()
+    sys.exit(main())

@@ -8,12 +8,25 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from hpcnli.errors import UserFacingError
+
+
+class RunFileError(UserFacingError, ValueError):
+    """A file of a run that is missing or corrupt, named with what to do."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a team on a shared cluster reads each other's reports
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -34,7 +47,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunFileError(f"{path} is missing; is {Path(path).parent} a run directory made by hpcnli.submit?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFileError(f"{path} is corrupt (not valid JSON: {e}); restore it, or start a new run") from None
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

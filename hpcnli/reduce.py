@@ -16,12 +16,13 @@ from pathlib import Path
 from hpcnli.cluster.commands import job_times
 from hpcnli.config import load_config
 from hpcnli.data.nli import LABELS, load_split
-from hpcnli.io import read_json, write_json
+from hpcnli.errors import raise_on_sigterm, run_command
+from hpcnli.io import RunFileError, read_json, write_json
 from hpcnli.logs import setup_logging
 from hpcnli.report import index, markdown, stats
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import MODELS, RunPaths
-from hpcnli.run.state import collect
+from hpcnli.run.state import collect, test_set_changed, training_problem
 
 log = logging.getLogger("hpcnli.reduce")
 SCHEMA_VERSION = 1
@@ -48,7 +49,16 @@ def _pick(ids: list[str], n: int, salt: str) -> list[str]:
 def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
     manifest = read_json(paths.test_manifest)
     predictions, shard_metrics, problems = collect(paths, cfg, manifest)
-    train = read_json(paths.train_metrics) if paths.train_metrics.is_file() else None
+    test = load_split(cfg, "test")
+    changed = test_set_changed(test, manifest)
+    if changed:  # gold labels and texts would not be the ones the models were scored on
+        problems.append({"model": "both", "shard": None, "examples": len(manifest["ids"]), "problem": changed,
+                         "file": test.source})
+    train_why = training_problem(cfg, paths, need_adapter=False)
+    if train_why:
+        problems.append({"model": "finetuned", "shard": None, "examples": 0, "problem": f"fine-tune: {train_why}",
+                         "file": str(paths.train_metrics)})
+    train = None if train_why else read_json(paths.train_metrics)
     base = {"schema_version": SCHEMA_VERSION, "run": paths.name, "config": cfg.to_dict(),
             "config_hash": cfg.hash(), "test_set": {k: v for k, v in manifest.items() if k != "ids"},
             "training": train, "shards": shard_metrics,
@@ -81,7 +91,7 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
     tuned_ok = [predictions["finetuned"][i]["pred"] == predictions["finetuned"][i]["gold"] for i in ids]
     fixed = [i for i, b, t in zip(ids, base_ok, tuned_ok) if t and not b]
     broken = [i for i, b, t in zip(ids, base_ok, tuned_ok) if b and not t]
-    texts = {e["id"]: e for e in load_split(cfg, "test").examples}
+    texts = {e["id"]: e for e in test.examples}
 
     def table(chosen: list[str]) -> list[dict]:
         return [{"id": i, "premise": texts[i]["premise"], "hypothesis": texts[i]["hypothesis"],
@@ -118,29 +128,39 @@ def run(cfg, paths: RunPaths) -> dict:
     rep = build_report(paths, cfg)
     write_json(paths.report_json, rep)
     markdown.write_markdown(paths, rep)
-    index.write_index(paths.run_dir.parent)
+    if (rep.get("provenance") or {}).get("output_root") == str(paths.run_dir.parent):  # planned in output_root, still there
+        index.write_index(paths.run_dir.parent)
     if not rep["complete"]:
         lines = [f"  {p['model']} shard {p['shard']} ({p['examples']} examples): {p['problem']}"
-                 for p in rep["problems"]]
-        raise IncompleteRun(f"{len(rep['problems'])} shard(s) missing or invalid, {rep['missing_examples']} "
+                 if p["shard"] is not None else f"  {p['model']}: {p['problem']}" for p in rep["problems"]]
+        raise IncompleteRun(f"{len(rep['problems'])} problem(s) (shards missing or invalid, or stale inputs), {rep['missing_examples']} "
                             "example predictions missing:\n" + "\n".join(lines) +
                             f"\nComplete the run with: python -m hpcnli.submit --resume {paths.run_dir}")
     log.info("report: %s", paths.report_md)
     return rep
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
     args = parser.parse_args(argv)
     setup_logging()
-    paths = RunPaths(args.run_dir)
-    try:
-        run(load_config(paths.config), paths)
-    except IncompleteRun as e:
-        print(f"hpcnli.reduce: {e}", file=sys.stderr)
-        sys.exit(1)
+
+    def reduce_run() -> int:
+        paths = RunPaths(args.run_dir)
+        if not paths.config.is_file():
+            raise RunFileError(f"{args.run_dir} is not a run directory (no config.yaml); "
+                               "give the directory hpcnli.submit printed")
+        try:
+            run(load_config(paths.config), paths)
+        except IncompleteRun as e:
+            print(f"hpcnli.reduce: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_command("hpcnli.reduce", reduce_run)
 
 
 if __name__ == "__main__":
-    main()
+    raise_on_sigterm()
+    sys.exit(main())

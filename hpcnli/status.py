@@ -10,6 +10,7 @@ import sys
 
 from hpcnli.cluster.commands import job_states
 from hpcnli.config import load_config
+from hpcnli.errors import run_command
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.state import progress_line
@@ -27,13 +28,10 @@ def print_submissions(ledger: SubmissionLedger) -> None:
                 print(f"  {stage:<10} job {v}: {states.get(str(v), '?')}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run_dir")
-    args = parser.parse_args(argv)
-    paths = RunPaths(args.run_dir)
+def show(run_dir: str) -> int:
+    paths = RunPaths(run_dir)
     if not paths.config.is_file():
-        print(f"hpcnli.status: {args.run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
+        print(f"hpcnli.status: {run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
         return 2
     print(f"run {paths.run_dir}\n{progress_line(load_config(paths.config), paths)}")
     ledger = SubmissionLedger(paths)
@@ -43,6 +41,13 @@ def main(argv=None) -> int:
         print("ran with the local executor (no Slurm jobs)")
     print(f"logs: {paths.logs}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    return run_command("hpcnli.status", lambda: show(args.run_dir))
 
 
 if __name__ == "__main__":

@@ -11,21 +11,23 @@ Everything that can be checked is checked here, before anything runs or is queue
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from hpcnli.cluster.commands import partition_problem
-from hpcnli.config import ConfigError, RunConfig, load_config
-from hpcnli.data.nli import DataError
+from hpcnli.config import RunConfig, load_config
+from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
 from hpcnli.launch import local
 from hpcnli.logs import setup_logging
-from hpcnli.model.errors import ModelError
-from hpcnli.run.lock import RunLock, RunLocked
+from hpcnli.run.lock import RunLock
 from hpcnli.run.paths import RunPaths
-from hpcnli.run.planning import PlanError, plan, plan_once
+from hpcnli.run.planning import PlanError, check_resumable, plan, plan_once
 from hpcnli.run.state import remaining_work
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def parse_args(argv=None):
@@ -52,51 +54,69 @@ def parse_args(argv=None):
 
 
 def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
+    """The run's config and directory (planned now, or an existing one for --resume) and what is left to do."""
+    partition = [f"resources.partition={args.partition}"] if args.partition else []
     if args.resume:
         paths = RunPaths(args.resume)
         if not paths.config.is_file():
             raise PlanError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
         if args.overrides:
             raise PlanError("--resume keeps the run's own config; start a new run to change it")
-        cfg = load_config(paths.config, [f"resources.partition={args.partition}"] if args.partition else [])
-        return cfg, paths, remaining_work(cfg, paths, args.force)
-    overrides = list(args.overrides) + ([f"resources.partition={args.partition}"] if args.partition else [])
-    cfg = load_config(args.config, overrides)
+        cfg = load_config(paths.config, partition)
+    else:
+        cfg = load_config(args.config, list(args.overrides) + partition)
     if args.executor == "slurm":
         why = partition_problem(cfg.resources.partition)
         if why:
             raise PlanError(why)
+    if args.resume:
+        check_resumable(cfg, paths)
+        return cfg, paths, remaining_work(cfg, paths, args.force)
+    if args.name is not None and not RUN_NAME.fullmatch(args.name):
+        raise PlanError(f"--name: {args.name!r} must be letters, digits, '-', '_' or '.' (a directory in output_root, "
+                        "not a path); use --run-dir for a run directory elsewhere")
     name = args.name or f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     paths = plan(cfg, Path(args.run_dir) if args.run_dir else Path(cfg.output_root) / name)
     return cfg, paths, remaining_work(cfg, paths)
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_logging()
-    try:
-        if args.plan_only:
-            paths = plan_once(Path(args.run_dir), lambda: prepare(args)[1]) if args.run_dir else prepare(args)[1]
-            print(f"planned {paths.run_dir}")
-            return 0
-        cfg, paths, work = prepare(args)
-        with RunLock(paths):
-            print(f"run directory: {paths.run_dir}\n"
-                  f"to do: finetune={'yes' if work['finetune'] else 'done'}, base shards {work['base']}, "
-                  f"finetuned shards {work['finetuned']}", flush=True)
+
+def start(args) -> int:
+    """Plan (or reload) the run, then run it here or submit it; returns the exit status."""
+    if args.plan_only:
+        paths = plan_once(Path(args.run_dir), lambda: prepare(args)[1]) if args.run_dir else prepare(args)[1]
+        print(f"planned {paths.run_dir}")
+        return 0
+    cfg, paths, work = prepare(args)
+    resume = f"python -m hpcnli.submit --resume {paths.run_dir}"
+    with RunLock(paths) as lock:
+        print(f"run directory: {paths.run_dir}\n"
+              f"to do: finetune={'yes' if work['finetune'] else 'done'}, base shards {work['base']}, "
+              f"finetuned shards {work['finetuned']}", flush=True)
+        for why in work.get("why", []):
+            print(f"  redo: {why}", flush=True)
+        try:
             if args.executor == "local":
-                return local.run_stages(cfg, paths, work)
+                return local.run_stages(cfg, paths, work, keep_fds=(lock.fileno(),))
             from hpcnli.launch import slurm  # imports submitit, which local runs do not need
 
             try:
                 return slurm.submit_slurm(cfg, paths, work, wait=args.wait)
             except (slurm.SubmissionRefused, subprocess.CalledProcessError) as e:
                 print(f"hpcnli.submit: sbatch refused the job: {e}\nNothing computed in {paths.run_dir} is lost; "
-                      f"fix the resources and run: python -m hpcnli.submit --resume {paths.run_dir}", file=sys.stderr)
+                      f"fix the resources and run: {resume}", file=sys.stderr)
                 return 2
-    except (ConfigError, PlanError, DataError, ModelError, RunLocked) as e:
-        print(f"hpcnli.submit: {e}", file=sys.stderr)
-        return 2
+        except (KeyboardInterrupt, Interrupted):
+            print(f"hpcnli.submit: stopped, and the stage that was running with it; nothing computed is lost: "
+                  f"{resume}", file=sys.stderr)
+            return 130
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    return run_command("hpcnli.submit", lambda: start(args))
 
 
 if __name__ == "__main__":
+    raise_on_sigterm()
     sys.exit(main())

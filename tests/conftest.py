@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SNLI = ROOT.parent / "shared" / "snli"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+TEST_UMASK = 0o022  # the usual umask, for the test process and every stage it starts
+os.umask(TEST_UMASK)
 
 
 def run_cli(*args, check=True, timeout=1200, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -41,3 +43,24 @@ def slurm_cluster():
         if os.environ.get("CI"):
             pytest.fail(f"Slurm tests may not skip in CI: {why}")
         pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One complete smoke run through the local executor, planned inside its output_root; tests copy it
+    before they change anything."""
+    from hpcnli.run.paths import RunPaths
+
+    root = tmp_path_factory.mktemp("runs")
+    proc = run_cli("hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--name", "smoke",
+                   f"output_root={root}")
+    assert "report:" in proc.stdout
+    return RunPaths(root / "smoke")
+
+
+def copy_run(src, dst):
+    """A copy of a run directory (outside the original's output_root) to break things in."""
+    from hpcnli.run.paths import RunPaths
+
+    shutil.copytree(src.run_dir, dst)
+    return RunPaths(dst)

@@ -14,6 +14,7 @@ SMOKE = str(ROOT / "jobs" / "smoke.yaml")
 
 
 def write(path: Path, text: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(path)
 
@@ -67,6 +68,22 @@ CASES = [
      "could not load 'stanfordnlp/snli' split 'test' from the Hugging Face Hub"),
     ("sbatch option with a line break", {"nl.yaml": "resources:\n  partition: \"gpu\\n#SBATCH --uid=0\"\n"}, [],
      "resources.partition: must not contain a line break"),
+    ("a section given twice in the YAML", {"dup.yaml": "train:\n  batch_size: 4\ntrain:\n  learning_rate: 1e-3\n"}, [],
+     "line 3: key 'train' is given twice in one section (first on line 1); keep one"),
+    ("a key given twice in a section", {"dupkey.yaml": "train:\n  batch_size: 4\n  batch_size: 8\n"}, [],
+     "line 3: key 'batch_size' is given twice in one section (first on line 2)"),
+    ("a binary config file", {"bin.yaml": b"\xff\xfe\x00\x01binary"}, [], "not UTF-8 text; a config is a YAML text file"),
+    ("negative weight decay", {}, ["train.weight_decay=-1"], "train.weight_decay: must be >= 0, got -1.0"),
+    ("a run name that is a path", {}, ["--name=../../x"], "--name: '../../x' must be letters, digits"),
+    ("an absolute run name", {}, ["--name=/etc/x"], "--name: '/etc/x' must be letters, digits"),
+    ("max_length shorter than the prompt template", {}, ["task.max_length=24"],
+     "task.max_length: 24 tokens, but the prompt template alone is"),
+    ("a LoRA target that is not a linear layer", {}, ["lora.target_modules=[q_proj, input_layernorm]"],
+     "lora.target_modules: ['input_layernorm'] are not linear layers (LlamaRMSNorm)"),
+    ("a model directory without safetensors", {"model/config.json": "{}", "model/pytorch_model.bin": "x"},
+     ["model.name_or_path={tmp}/model"], "/model has no *.safetensors weights; hpcnli loads a model directory"),
+    ("an empty model directory", {"empty/.keep": ""}, ["model.name_or_path={tmp}/empty"],
+     "empty has no config.json and no *.safetensors weights"),
 ]
 
 
@@ -74,7 +91,8 @@ CASES = [
 def test_refused_before_anything_runs(tmp_path, capsys, case, files, extra, message):
     for name, content in files.items():
         write(tmp_path / name, content)
-    config = str(tmp_path / "nl.yaml") if "nl.yaml" in files else SMOKE
+    yaml_files = [name for name in files if name.endswith(".yaml")]
+    config = str(tmp_path / yaml_files[0]) if yaml_files else SMOKE
     run_dir = tmp_path / "run"
     # --plan-only: a case that is wrongly accepted must not go on to run the pipeline.
     argv = ["--plan-only", "--config", config, "--run-dir", str(run_dir),

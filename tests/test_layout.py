@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpcnli"
 
 # Lowest first. A module may import modules of its own layer or of any layer below, never above.
 LAYERS = [
-    ("foundations", ["hpcnli.io", "hpcnli.logs", "hpcnli.data.*", "hpcnli.cluster.*"]),
+    ("foundations", ["hpcnli.errors", "hpcnli.io", "hpcnli.logs", "hpcnli.data.*", "hpcnli.cluster.*"]),
     ("schema", ["hpcnli.config", "hpcnli.run.paths"]),
     ("model", ["hpcnli.model.*"]),
     ("scoring and reporting", ["hpcnli.scoring.*", "hpcnli.report.*"]),

@@ -1,23 +1,14 @@
 """The whole pipeline, end to end on CPU, with the real packaged model and the local executor."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import TEST_UMASK, copy_run, run_cli
 from hpcnli.config import load_config
 from hpcnli.io import read_jsonl
 from hpcnli.run.paths import MODELS, RunPaths
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    proc = run_cli("hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--run-dir", run_dir)
-    assert "report:" in proc.stdout
-    return RunPaths(run_dir)
 
 
 def test_output_tree(smoke_run):
@@ -26,6 +17,7 @@ def test_output_tree(smoke_run):
               p.adapter / "adapter_config.json", p.adapter / "adapter_model.safetensors", p.plot("accuracy"),
               p.plot("confusion"), p.plot("loss"), p.plot("shards"), p.run_dir.parent / "report.md"):
         assert f.is_file(), f
+    assert "[`smoke`](smoke/report.md)" in (p.run_dir.parent / "report.md").read_text()  # the output_root's index
     cfg = load_config(p.config)
     for m in MODELS:
         for s in range(cfg.eval.num_shards):
@@ -74,13 +66,31 @@ def test_parameter_counts_against_unquantized_model(smoke_run):
     assert n_full > 130_000_000  # SmolLM2-135M, not a packed count
 
 
-def _copy_run(src: RunPaths, dst) -> RunPaths:
-    shutil.copytree(src.run_dir, dst)
-    return RunPaths(dst)
+def test_results_index_stays_in_output_root(smoke_run, tmp_path):
+    """A run outside output_root (--run-dir, or a copy) writes no index beside itself, and the index is
+    never written over a report.md that hpcnli did not write."""
+    mine = tmp_path / "report.md"
+    mine.write_text("my own notes\n")
+    p = copy_run(smoke_run, tmp_path / "copy")
+    run_cli("hpcnli.reduce", p.run_dir)
+    assert mine.read_text() == "my own notes\n"
+    index = smoke_run.run_dir.parent / "report.md"
+    index.write_text("a user's file now\n")
+    run_cli("hpcnli.reduce", smoke_run.run_dir)
+    assert index.read_text() == "a user's file now\n"
+    index.unlink()
+    run_cli("hpcnli.reduce", smoke_run.run_dir)
+    assert "[`smoke`](smoke/report.md)" in index.read_text()
+
+
+def test_outputs_follow_the_umask(smoke_run):
+    """Files are readable by the group and others as the umask allows (mkstemp alone would make them 0600)."""
+    for f in (smoke_run.report_json, smoke_run.report_md, smoke_run.shard_predictions("base", 0), smoke_run.config):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~TEST_UMASK, f
 
 
 def test_reducer_refuses_missing_shard(smoke_run, tmp_path):
-    p = _copy_run(smoke_run, tmp_path / "missing")
+    p = copy_run(smoke_run, tmp_path / "missing")
     p.shard_predictions("finetuned", 1).unlink()
     proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
     assert proc.returncode == 1
@@ -91,7 +101,7 @@ def test_reducer_refuses_missing_shard(smoke_run, tmp_path):
 
 
 def test_reducer_refuses_duplicated_rows(smoke_run, tmp_path):
-    p = _copy_run(smoke_run, tmp_path / "dup")
+    p = copy_run(smoke_run, tmp_path / "dup")
     rows0 = p.shard_predictions("base", 0).read_text().splitlines(keepends=True)
     with open(p.shard_predictions("base", 1), "a") as f:
         f.write(rows0[0])  # an example of shard 0 predicted again in shard 1
@@ -105,7 +115,7 @@ def test_reducer_refuses_duplicated_rows(smoke_run, tmp_path):
 
 
 def test_resume_redoes_only_the_missing_shard(smoke_run, tmp_path):
-    p = _copy_run(smoke_run, tmp_path / "resume")
+    p = copy_run(smoke_run, tmp_path / "resume")
     before = {m: [p.shard_predictions(m, s).read_text() for s in range(2)] for m in MODELS}
     kept = p.shard_metrics("base", 0).read_text()
     p.shard_predictions("base", 1).write_text(before["base"][1][:50])  # truncated mid-row

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcnli.data import synthetic
+from hpcnli.errors import UserFacingError
 
 LABELS = ("entailment", "neutral", "contradiction")
 STANFORD_LABELS = {name: i for i, name in enumerate(LABELS)}
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-class DataError(ValueError):
+class DataError(UserFacingError, ValueError):
     """A data source that cannot be used, with what to change."""
 
 
@@ -32,6 +33,13 @@ class NLIData:
     @property
     def ids_hash(self) -> str:
         return hashlib.sha256("\n".join(e["id"] for e in self.examples).encode()).hexdigest()[:16]
+
+    @property
+    def content_hash(self) -> str:
+        """Of every example's id, premise, hypothesis and label, in order: ids alone (`<file>-<row>`) miss
+        an edited premise or label."""
+        rows = ([e["id"], e["premise"], e["hypothesis"], e["label"]] for e in self.examples)
+        return hashlib.sha256("\n".join(json.dumps(r) for r in rows).encode()).hexdigest()[:16]
 
 
 def shard_bounds(n_examples: int, n_shards: int, index: int) -> tuple[int, int]:

@@ -10,9 +10,14 @@ from hpcnli.model.errors import ModelError
 from hpcnli.model.packaged import packaged_dir
 
 
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+STAGES = ("train", "eval")
+
+
 def fast_bf16() -> bool:
-    """bf16 matmuls beat fp32 on a GPU and on CPUs with AMX or AVX512-BF16; elsewhere they are several
-    times slower (measured here without them: 57 vs 260 GFLOP/s, bench/RESULTS.md)."""
+    """bf16 matmuls beat fp32 on GPUs that have bf16 and on CPUs with AMX or AVX512-BF16 (377 against 139
+    GFLOP/s on an AVX512-BF16 CPU); without them they are several times slower (57 against 260 GFLOP/s).
+    Figures: bench/RESULTS.md, "Choosing the dtype"."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
@@ -22,10 +27,26 @@ def fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if fast_bf16() else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+def stage_dtype(name: str, stage: str) -> torch.dtype:
+    """The dtype a stage computes in. A named dtype holds for every stage; "auto" is chosen per stage:
+
+    - train: bfloat16 where it is fast, else float32. Gradient noise dwarfs bf16 rounding, and bf16
+      trains faster where it is fast (1.6x on an AMX CPU).
+    - eval: float32. bf16 rounding moves label-word scores by up to half a nat, so a model near a tie
+      flips between machines; float32 predictions are the same on every machine, and a report's
+      figures must not depend on the machine that made it (bench/RESULTS.md gives the agreement).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if name != "auto":
+        return DTYPES[name]
+    if stage == "train" and fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def resolve_model(model_cfg) -> tuple[str, dict]:
@@ -34,7 +55,15 @@ def resolve_model(model_cfg) -> tuple[str, dict]:
     if name.startswith("packaged:"):
         return str(packaged_dir(name.split(":", 1)[1])), {}
     if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser()), {}
+        where = Path(name).expanduser()
+        missing = [what for what, found in (("config.json", (where / "config.json").is_file()),
+                                            ("*.safetensors weights", any(where.glob("*.safetensors"))))
+                   if not found]
+        if missing:
+            raise ModelError(f"model.name_or_path: {where} has no {' and no '.join(missing)}; hpcnli loads a model "
+                             "directory written by save_pretrained(safe_serialization=True) (pickled .bin weights "
+                             "are refused: they can run code)")
+        return str(where), {}
     kwargs = {"revision": model_cfg.revision} if model_cfg.revision else {}
     return name, kwargs
 
@@ -60,19 +89,19 @@ def not_found_message(where: str, err: Exception) -> str:
             "directory with config.json and *.safetensors; with internet, a Hugging Face Hub id.")
 
 
-def quantization_config(cfg):
+def quantization_config(cfg, stage: str):
     from transformers import BitsAndBytesConfig
 
     q = cfg.quantization
     if not q.load_in_4bit:
         return None
+    compute = stage_dtype(cfg.model.dtype if q.compute_dtype == "auto" else q.compute_dtype, stage)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
-                              bnb_4bit_use_double_quant=q.double_quant,
-                              bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype))
+                              bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=compute)
 
 
-def load_base_model(cfg, device_map=None):
-    """The frozen base model: 4-bit NF4 when configured, else in model.dtype. Safetensors only.
+def load_base_model(cfg, stage: str = "train", device_map=None):
+    """The frozen base model for a stage: 4-bit NF4 when configured, else in the stage's dtype. Safetensors only.
 
     With task.scoring "head" it is a sequence classifier whose 3-way head starts untrained (as in the
     original assignment); the seed makes that random head the same in every process.
@@ -89,7 +118,7 @@ def load_base_model(cfg, device_map=None):
         device_map = {"": torch.cuda.current_device()}  # quantize straight onto this process's GPU
     try:
         model = auto.from_pretrained(
-            where, dtype=torch_dtype(cfg.model.dtype), quantization_config=quantization_config(cfg),
+            where, dtype=stage_dtype(cfg.model.dtype, stage), quantization_config=quantization_config(cfg, stage),
             trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True, device_map=device_map,
             **kwargs)
     except OSError as e:
@@ -115,6 +144,9 @@ def narrow_output_layer(model, token_ids: list[int]) -> None:
     model.config.tie_word_embeddings = False  # nothing may tie it back to the 49,152-row embedding
 
 
+LINEAR_TYPES = {"Linear", "Linear4bit", "Linear8bitLt", "Conv1D"}  # torch, bitsandbytes, GPT-2 style
+
+
 def check_top_layers(model_config, top_layers: int) -> None:
     n_layers = model_config.num_hidden_layers
     if top_layers > n_layers:
@@ -123,11 +155,20 @@ def check_top_layers(model_config, top_layers: int) -> None:
 
 
 def check_target_modules(model, target_modules) -> None:
-    leaf_names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if len(list(mod.children())) == 0}
-    missing = [t for t in target_modules if t not in leaf_names]
+    """Every target names linear layers of the model (LoRA adapts linear layers), checked by type."""
+    kinds: dict[str, set[str]] = {}
+    for name, mod in model.named_modules():
+        if len(list(mod.children())) == 0:
+            kinds.setdefault(name.rsplit(".", 1)[-1], set()).add(type(mod).__name__)
+    linear = sorted(n for n, types in kinds.items() if types & LINEAR_TYPES and n != "lm_head")
+    missing = [t for t in target_modules if t not in kinds]
     if missing:
-        linear = sorted(n for n in leaf_names if "proj" in n or "fc" in n or "dense" in n)
         raise ModelError(f"lora.target_modules: {missing} not found in the model; its linear layers are {linear}")
+    not_linear = {t: sorted(kinds[t]) for t in target_modules if not kinds[t] & LINEAR_TYPES}
+    if not_linear:
+        raise ModelError(f"lora.target_modules: {sorted(not_linear)} are not linear layers "
+                         f"({', '.join(sorted({k for v in not_linear.values() for k in v}))}); LoRA here adapts "
+                         f"linear layers: {linear}")
 
 
 def add_lora(model, cfg):
@@ -158,9 +199,9 @@ def load_eval_model(cfg, adapter_dir: Path | None, device_map=None):
     """
     from peft import PeftModel
 
-    model = load_base_model(cfg, device_map=device_map)
+    model = load_base_model(cfg, "eval", device_map=device_map)
     if cfg.eval.weights == "dequantized" and cfg.quantization.load_in_4bit:
-        model = model.dequantize(dtype=torch_dtype(cfg.model.dtype))
+        model = model.dequantize(dtype=stage_dtype(cfg.model.dtype, "eval"))
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         if cfg.eval.weights == "dequantized":

@@ -1,17 +1,28 @@
-"""results/report.md: the index of every run under an output root, latest complete run first."""
+"""results/report.md: the index of every run under an output root, latest complete run first.
+
+The index is rewritten after every run, but only over a file hpcnli wrote: its first line is MARK.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from hpcnli.io import atomic_write_text
 from hpcnli.report.markdown import pct
 from hpcnli.run.paths import results_index
 
+log = logging.getLogger(__name__)
+MARK = "<!-- written by hpcnli after every run; edits are lost -->"
+
 
 def write_index(results_root: Path) -> None:
-    """The latest complete run's headline and a link to every run's report."""
+    """The latest complete run's headline and a link to every run's report; never over a file of someone else's."""
+    target = results_index(results_root)
+    if target.exists() and not target.read_text(errors="replace").startswith(MARK):
+        log.warning("not writing the results index: %s exists and was not written by hpcnli", target)
+        return
     runs = []
     for rj in sorted(Path(results_root).glob("*/report.json")):
         try:
@@ -20,7 +31,7 @@ def write_index(results_root: Path) -> None:
             continue
         runs.append((rj.stat().st_mtime, rj.parent.name, rep))
     runs.sort(reverse=True)
-    out = ["# hpcnli results", ""]
+    out = [MARK, "# hpcnli results", ""]
     complete = [r for r in runs if r[2].get("complete")]
     if complete:
         _, name, rep = complete[0]
@@ -37,4 +48,4 @@ def write_index(results_root: Path) -> None:
         else:
             row = f"n/a | n/a | incomplete ({rep.get('missing_examples', '?')} missing)"
         out.append(f"| [`{name}`]({name}/report.md) | `{ts.get('source', '?')}` | {ts.get('examples', '?')} | {row} |")
-    atomic_write_text(results_index(results_root), "\n".join(out) + "\n")
+    atomic_write_text(target, "\n".join(out) + "\n")

@@ -32,10 +32,11 @@ def _cell(text: str) -> str:
 
 def render_incomplete(rep: dict) -> str:
     lines = [f"# hpcnli run `{rep['run']}`: INCOMPLETE", "",
-             f"**{len(rep['problems'])} shard(s) missing or invalid; {rep['missing_examples']} example "
+             f"**{len(rep['problems'])} problem(s): shards missing or invalid, or inputs changed; {rep['missing_examples']} example "
              "predictions missing.** No accuracy is reported until every test example has exactly one "
              "prediction per model.", "", "| model | shard | examples | problem |", "|---|---|---|---|"]
-    lines += [f"| {p['model']} | {p['shard']} | {p['examples']} | {_cell(p['problem'])} |" for p in rep["problems"]]
+    lines += [f"| {p['model']} | {'—' if p['shard'] is None else p['shard']} | {p['examples']} | {_cell(p['problem'])} |"
+              for p in rep["problems"]]
     lines += ["", f"Complete it with `python -m hpcnli.submit --resume results/{rep['run']}`.", ""]
     return "\n".join(lines)
 
@@ -128,8 +129,10 @@ def _provenance(rep: dict) -> list[str]:
            f"- device: {train.get('device', 'n/a')}; scoring `{cfg['task']['scoring']}`, label words "
            f"{cfg['task']['label_words']}, left padding, eval batch {cfg['eval']['batch_size']}",
            f"- prompt: `{_cell(cfg['task']['prompt'])}`",
-           f"- eval weights: `{cfg['eval']['weights']}` (dequantized = 4-bit base dequantized to {cfg['model']['dtype']}, "
-           "adapter merged); seeds: train " + str(cfg['train']['seed']) + ", subsets " + str(cfg['data']['subset_seed'])]
+           f"- eval weights: `{cfg['eval']['weights']}` (dequantized = 4-bit base dequantized to the evaluation dtype, "
+           "adapter merged); seeds: train " + str(cfg['train']['seed']) + ", subsets " + str(cfg['data']['subset_seed']),
+           f"- compute dtype (model.dtype `{cfg['model']['dtype']}`): training {train.get('dtype', 'n/a')}, evaluation "
+           + ", ".join(sorted({s.get("dtype", "n/a") for m in MODELS for s in rep["shards"][m]}))]
     prov = rep.get("provenance") or {}
     if prov:
         out.append(f"- code: git `{prov.get('git_commit')}`{' (uncommitted changes)' if prov.get('git_dirty') else ''}; "

@@ -5,16 +5,20 @@ from __future__ import annotations
 import fcntl
 
 from hpcnli.cluster.commands import live_jobs
+from hpcnli.errors import UserFacingError
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import RunPaths
 
 
-class RunLocked(RuntimeError):
+class RunLocked(UserFacingError, RuntimeError):
     pass
 
 
 class RunLock:
-    """An exclusive flock while this process works on the run, plus a check for queued Slurm jobs."""
+    """An exclusive flock while this process works on the run, plus a check for queued Slurm jobs.
+
+    Stage processes inherit the locked file (fileno()), so the lock holds until the last of them ends.
+    """
 
     def __init__(self, paths: RunPaths):
         self.paths = paths
@@ -35,6 +39,9 @@ class RunLock:
             raise RunLocked(f"{self.paths.run_dir} has Slurm jobs still queued or running ({', '.join(live)}); "
                             f"wait for them (python -m hpcnli.status {self.paths.run_dir}) or scancel them")
         return self
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:

@@ -14,18 +14,34 @@ from pathlib import Path
 
 from hpcnli.config import RunConfig, save_config
 from hpcnli.data.nli import load_split
-from hpcnli.io import write_json
+from hpcnli.errors import UserFacingError
+from hpcnli.io import read_json, write_json
 from hpcnli.model.errors import ModelError
 from hpcnli.model.loading import (check_target_modules, check_top_layers, load_tokenizer, not_found_message,
                                   resolve_model)
 from hpcnli.run.paths import RunPaths
-from hpcnli.scoring.prompts import label_token_ids
+from hpcnli.run.state import test_set_changed
+from hpcnli.scoring.prompts import format_prompt, label_token_ids
 
 log = logging.getLogger(__name__)
 
 
-class PlanError(ValueError):
+class PlanError(UserFacingError, ValueError):
     """The run cannot start as configured; the message says what to change."""
+
+
+MIN_PAIR_TOKENS = 16  # the room a prompt must leave for premise and hypothesis within task.max_length
+
+
+def check_prompt_length(tokenizer, cfg: RunConfig) -> None:
+    """Prompts are cut from the left to task.max_length: a template that fills it would leave every prompt
+    without its premise and hypothesis, and the model would score the template's tail alone."""
+    empty = format_prompt(cfg.task.prompt, {"premise": "", "hypothesis": ""})
+    template = len(tokenizer(empty, add_special_tokens=False).input_ids)
+    if template + MIN_PAIR_TOKENS > cfg.task.max_length:
+        raise PlanError(f"task.max_length: {cfg.task.max_length} tokens, but the prompt template alone is {template}, "
+                        f"which leaves {max(cfg.task.max_length - template, 0)} for premise and hypothesis; "
+                        f"use at least {template + 4 * MIN_PAIR_TOKENS}")
 
 
 def check_model(cfg: RunConfig) -> None:
@@ -35,6 +51,7 @@ def check_model(cfg: RunConfig) -> None:
 
     tokenizer = load_tokenizer(cfg)
     label_token_ids(tokenizer, cfg.task.label_words)
+    check_prompt_length(tokenizer, cfg)
     where, kwargs = resolve_model(cfg.model)
     try:
         model_config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
@@ -85,12 +102,24 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
                         "set output_root to a writable directory") from None
     paths = RunPaths(run_dir)
     save_config(cfg, paths.config)
-    write_json(paths.provenance, provenance())
+    # The results index belongs to output_root: a run elsewhere (--run-dir) leaves its directory's files alone.
+    root = Path(cfg.output_root).resolve()
+    write_json(paths.provenance, {**provenance(), "output_root": str(root) if paths.run_dir.parent == root else None})
     write_json(paths.test_manifest, {"source": test.source, "examples": len(test.examples), "dropped": test.dropped,
-                                     "ids_hash": test.ids_hash, "ids": [e["id"] for e in test.examples]})
+                                     "ids_hash": test.ids_hash, "content_hash": test.content_hash,
+                                     "ids": [e["id"] for e in test.examples]})
     log.info("planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
              run_dir, len(train.examples), train.source, len(test.examples), test.source, cfg.eval.num_shards)
     return paths
+
+
+def check_resumable(cfg: RunConfig, paths: RunPaths) -> None:
+    """Before --resume queues anything: the (possibly edited) config passes the plan's model checks, and
+    the test set is still the one the run was planned with."""
+    check_model(cfg)
+    why = test_set_changed(load_split(cfg, "test"), read_json(paths.test_manifest))
+    if why:
+        raise PlanError(why)
 
 
 def plan_once(run_dir: Path, make_plan) -> RunPaths:
