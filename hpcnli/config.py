@@ -131,14 +131,26 @@ class ResourcesConfig:
     cpus_per_task: int = 2
     eval_cpus_per_task: int | None = None  # CPUs of each eval array task; None = cpus_per_task
     mem_gb: int = 8
-    gpus_per_node: int = 0  # 0 = no GPU request is sent to Slurm
-    nodes: int = 1
+    gpus_per_node: int = 0  # 0 = no GPU request is sent to Slurm; > 0: one training process per GPU
+    # Training processes per node where there are no GPUs (data parallel over gloo); None = 1.
+    # train.batch_size is per process: the effective batch is batch_size x grad_accum x processes.
+    processes_per_node: int | None = None
+    nodes: int = 1  # nodes of the fine-tune job (evaluation array tasks always take one node, one GPU)
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
     array_parallelism: int = 8  # eval array tasks running at once
     max_retries: int = 1  # automatic resubmissions of a failed eval shard
     extra_sbatch: dict[str, str] = field(default_factory=dict)  # more sbatch options, name -> value
+
+    @property
+    def train_processes_per_node(self) -> int:
+        return self.gpus_per_node if self.gpus_per_node > 0 else (self.processes_per_node or 1)
+
+    @property
+    def train_processes(self) -> int:
+        """All training processes (the data-parallel world size)."""
+        return self.train_processes_per_node * self.nodes
 
 
 @dataclass(frozen=True)
@@ -166,12 +178,14 @@ class RunConfig:
         return _short_hash(d)
 
     def train_hash(self) -> str:
-        """Short hash of what determines the adapter: every section but eval and resources, and of data only
-        what picks the training pairs. A changed config.yaml with the same train_hash keeps its adapter."""
+        """Short hash of what determines the adapter: every section but eval and resources (of which only the
+        number of training processes counts), and of data only what picks the training pairs. A changed
+        config.yaml with the same train_hash keeps its adapter."""
         d = self.to_dict()
         for k in ("resources", "name", "output_root", "eval"):
             d.pop(k)
         d["data"] = {k: v for k, v in d["data"].items() if k not in ("test", "max_test_examples", "synthetic_test_size")}
+        d["train_processes"] = self.resources.train_processes  # batch_size is per process
         return _short_hash(d)
 
 
@@ -319,6 +333,11 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(r.eval_cpus_per_task is None or r.eval_cpus_per_task > 0,
          f"resources.eval_cpus_per_task: must be > 0 (or left out: cpus_per_task), got {r.eval_cpus_per_task}")
     need(r.gpus_per_node >= 0, f"resources.gpus_per_node: must be >= 0, got {r.gpus_per_node}")
+    need(r.processes_per_node is None or r.processes_per_node > 0,
+         f"resources.processes_per_node: must be > 0 (or left out: 1), got {r.processes_per_node}")
+    need(r.processes_per_node is None or r.gpus_per_node == 0,
+         "resources.processes_per_node: only without GPUs; with resources.gpus_per_node > 0 one training process "
+         "runs per GPU, so leave processes_per_node out")
     need(r.max_retries >= 0, f"resources.max_retries: must be >= 0, got {r.max_retries}")
     need(bool(r.partition), "resources.partition: empty; name a Slurm partition (sinfo lists them)")
     # Values become `#SBATCH --key=value` lines: a line break would start a new line of the script.

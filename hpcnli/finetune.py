@@ -54,6 +54,18 @@ def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int, by_leng
     return batches
 
 
+def global_batches(lengths: list[int], batch_size: int, processes: int, seed: int, epoch: int,
+                   by_length: bool) -> list[list[int]]:
+    """One epoch's global batches of batch_size x processes pairs; process r trains on `batch[r::processes]`.
+
+    The order depends on the global batch size alone, so 2 processes of batch b see exactly the pairs
+    that 1 process of batch 2b sees, step by step. A last batch too small to give every process a pair
+    is dropped (a process with nothing would stall the others).
+    """
+    batches = _batches(lengths, batch_size * processes, seed, epoch, by_length)
+    return [b for b in batches if len(b) >= processes]
+
+
 def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -> None:
     """Adapter, optimizer, scheduler, RNG and data position; written aside, then marked complete."""
     target, tmp = paths.checkpoint(state["step"]), paths.checkpoint_staging(state["step"])
@@ -129,8 +141,12 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dic
     t = cfg.train
     prompts, answers, model = trainee.prompts, trainee.answers, trainee.model
     lengths = [len(p) for p in prompts]
-    batches_per_epoch = max(1, math.ceil(len(prompts) / t.batch_size) // accelerator.num_processes)  # per process
-    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        return global_batches(lengths, t.batch_size, n_proc, t.seed, epoch, t.group_by_length)
+
+    steps_per_epoch = max(1, math.ceil(len(epoch_batches(0)) / t.grad_accum))
     total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
 
@@ -154,12 +170,10 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dic
     window = []
     t0 = time.perf_counter() - state["elapsed_s"]
     for epoch in range(state["epoch"], epochs):
-        batches = _batches(lengths, t.batch_size, t.seed, epoch, t.group_by_length)
-        # Several processes (multi-GPU / multi-node): each takes every num_processes-th batch, equal counts.
-        batches = batches[accelerator.process_index:batches_per_epoch * accelerator.num_processes:
-                          accelerator.num_processes]
+        batches = epoch_batches(epoch)
         first = state["batch"] if epoch == state["epoch"] else 0
-        for b, idx in enumerate(batches[first:], start=first):
+        for b, batch in enumerate(batches[first:], start=first):
+            idx = batch[rank::n_proc]  # this process's share; DDP averages the shares' gradients
             with accelerator.accumulate(model):
                 input_ids, mask = pad_left([prompts[i] for i in idx], trainee.tokenizer.pad_token_id)
                 logits = training_logits(model, cfg, input_ids.to(accelerator.device), mask.to(accelerator.device))
@@ -168,11 +182,12 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dic
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
-            state["seen"] += len(idx) * accelerator.num_processes
-            state["tokens"] += int(mask.sum())
-            window.append(loss.item())
+            state["seen"] += len(batch)
+            state["tokens"] += sum(lengths[i] for i in batch)
+            window.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # the global batch's loss
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
@@ -203,7 +218,11 @@ def run(cfg, paths: RunPaths) -> dict:
 
     t = cfg.train
     set_seed(t.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum)
+    # cpu=True where there is no GPU: Accelerate then forms a gloo group of the processes a launcher started
+    # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself (Accelerate
+    # would step it once per process, for data loaders it shards; here each step is one global batch already).
+    accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum, cpu=not torch.cuda.is_available(),
+                              step_scheduler_with_optimizer=False)
     train = load_split(cfg, "train")
     log.info("train set: %d examples from %s (%d without gold label dropped)",
              len(train.examples), train.source, train.dropped)
@@ -221,7 +240,8 @@ def run(cfg, paths: RunPaths) -> dict:
         "best_loss": min(r["loss"] for r in losses) if losses else None,
         "loss_curve": losses, "parameters": trainee.params, "memory": peak_memory(),
         "device": device_name(), "dtype": dtype_name(stage_dtype(cfg.model.dtype, "train")),
-        "num_processes": accelerator.num_processes,
+        "num_processes": accelerator.num_processes, "nodes": cfg.resources.nodes if accelerator.num_processes > 1 else 1,
+        "per_process_batch_size": t.batch_size,
         "effective_batch_size": t.batch_size * t.grad_accum * accelerator.num_processes,
         "inputs": trainee.inputs,
     }
@@ -239,7 +259,9 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="run directory made by hpcnli.submit (holds config.yaml)")
     args = parser.parse_args(argv)
     setup_logging()
-    JobEnvironment().match_torch_threads()
+    env = JobEnvironment()
+    env.match_torch_threads()
+    env.export_torch_distributed()  # srun with several tasks (slurm/finetune.sh): one data-parallel group
     paths = RunPaths(args.run_dir)
     return run_command("hpcnli.finetune", lambda: run(load_config(paths.config), paths))
 

@@ -17,7 +17,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from hpcnli.cluster.commands import partition_problem
+from hpcnli.cluster.commands import partition_limits, partition_problem
 from hpcnli.config import RunConfig, load_config
 from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
 from hpcnli.launch import local
@@ -53,6 +53,26 @@ def parse_args(argv=None):
     return args
 
 
+def resource_problem(cfg: RunConfig) -> str | None:
+    """Why the partition cannot hold the fine-tune job as configured (sinfo's view), or None."""
+    r = cfg.resources
+    limits = partition_limits(r.partition)
+    if limits is None:
+        return None
+    if r.gpus_per_node > limits["gpus"]:
+        return (f"resources.gpus_per_node: {r.gpus_per_node} GPUs per node, but the nodes of partition "
+                f"{r.partition!r} have {limits['gpus']} (sinfo); use at most {limits['gpus']}")
+    if r.nodes > limits["nodes"]:
+        return (f"resources.nodes: {r.nodes} nodes, but partition {r.partition!r} has {limits['nodes']} (sinfo); "
+                f"use at most {limits['nodes']}")
+    cpus = r.train_processes_per_node * r.cpus_per_task
+    if cpus > limits["cpus"]:
+        return (f"resources.cpus_per_task: {r.train_processes_per_node} training processes per node x "
+                f"{r.cpus_per_task} CPUs = {cpus}, but the nodes of partition {r.partition!r} have {limits['cpus']} "
+                "CPUs (sinfo); lower cpus_per_task or the processes per node")
+    return None
+
+
 def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
     """The run's config and directory (planned now, or an existing one for --resume) and what is left to do."""
     partition = [f"resources.partition={args.partition}"] if args.partition else []
@@ -66,9 +86,12 @@ def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
     else:
         cfg = load_config(args.config, list(args.overrides) + partition)
     if args.executor == "slurm":
-        why = partition_problem(cfg.resources.partition)
+        why = partition_problem(cfg.resources.partition) or resource_problem(cfg)
         if why:
             raise PlanError(why)
+    elif cfg.resources.nodes > 1:
+        raise PlanError(f"resources.nodes: {cfg.resources.nodes} nodes need Slurm (--partition); the local executor "
+                        "runs on this machine only")
     if args.resume:
         check_resumable(cfg, paths)
         return cfg, paths, remaining_work(cfg, paths, args.force)

@@ -3,6 +3,7 @@
 #   sbatch slurm/finetune.sh RUN_DIR [CONFIG]
 #   sbatch --export=ALL,RUN_DIR=results/my-run,CONFIG=jobs/default.yaml slurm/finetune.sh
 # Plans RUN_DIR from CONFIG on first use. Requeue-safe: training resumes from its last checkpoint.
+# Data parallel: sbatch --nodes=M --ntasks-per-node=N (--gpus-per-node=N on GPUs) starts N x M processes.
 # Every #SBATCH line below is a default; options on the sbatch command line override it.
 #SBATCH --job-name=hpcnli-finetune
 #SBATCH --partition=gpu
@@ -17,4 +18,7 @@ CONFIG=${2:-${CONFIG:-jobs/default.yaml}}
 PY=${HPCNLI_PYTHON:-python}
 
 "$PY" -m hpcnli.submit --plan-only --config "$CONFIG" --run-dir "$RUN_DIR"  # first job plans the run
+if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then  # sbatch --nodes / --ntasks-per-node: one training process per task
+  exec srun --kill-on-bad-exit=1 "$PY" -m hpcnli.finetune "$RUN_DIR"
+fi
 exec "$PY" -m hpcnli.finetune "$RUN_DIR"

@@ -84,6 +84,11 @@ CASES = [
      ["model.name_or_path={tmp}/model"], "/model has no *.safetensors weights; hpcnli loads a model directory"),
     ("an empty model directory", {"empty/.keep": ""}, ["model.name_or_path={tmp}/empty"],
      "empty has no config.json and no *.safetensors weights"),
+    ("processes per node with GPUs", {}, ["resources.gpus_per_node=1", "resources.processes_per_node=2"],
+     "resources.processes_per_node: only without GPUs"),
+    ("a batch too large to split across the processes", {}, ["resources.processes_per_node=4", "train.batch_size=16"],
+     "train.batch_size: 4 training processes x batch 16 = 64 pairs per step, but data.train has 32"),
+    ("several nodes without Slurm", {}, ["resources.nodes=2"], "resources.nodes: 2 nodes need Slurm (--partition)"),
 ]
 
 

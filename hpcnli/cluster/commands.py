@@ -32,6 +32,30 @@ def partition_problem(partition: str) -> str | None:
     return None
 
 
+def partition_limits(partition: str) -> dict | None:
+    """What one node of the partition offers and how many nodes it has (sinfo), or None without Slurm.
+    {nodes, cpus (per node, the smallest), gpus (per node, the smallest)}."""
+    out = _run("sinfo", "--noheader", "--partition", partition, "--format=%D|%c|%G")
+    if out is None or out.returncode != 0 or not out.stdout.strip():
+        return None
+    rows = [line.split("|") for line in out.stdout.split()]
+    gpus = [sum(int(g.split(":")[-1].split("(")[0]) for g in gres.split(",") if g.startswith("gpu"))
+            for _, _, gres in rows]
+    return {"nodes": sum(int(n) for n, _, _ in rows), "cpus": min(int(c.rstrip("+")) for _, c, _ in rows),
+            "gpus": min(gpus)}
+
+
+def first_host(nodelist: str) -> str:
+    """Where rank 0 of a job on `nodelist` runs: the first node's address (`node[01-04]` -> node01's NodeAddr,
+    which is its host name on most clusters, 127.0.0.1 for the local cluster's extra nodes)."""
+    out = _run("scontrol", "show", "hostnames", nodelist)
+    first = out.stdout.split()[0] if out is not None and out.returncode == 0 and out.stdout.split() else nodelist
+    node = _run("scontrol", "show", "node", first, "--oneliner")
+    addr = [w.split("=", 1)[1] for w in (node.stdout.split() if node and node.returncode == 0 else [])
+            if w.startswith("NodeAddr=")]
+    return addr[0] if addr else first
+
+
 def live_jobs(job_ids: list[str]) -> list[str]:
     """Those of job_ids that squeue still lists (pending or running); array tasks count for their array."""
     out = _run("squeue", "--noheader", "--format=%i", "--jobs", ",".join(job_ids)) if job_ids else None

@@ -43,6 +43,37 @@ class JobEnvironment:
     def gpus(self) -> str | None:
         return self._env.get("CUDA_VISIBLE_DEVICES") or None
 
+    @property
+    def ntasks(self) -> int:
+        return self._int("SLURM_NTASKS") or 1
+
+    def torch_distributed_env(self) -> dict[str, str]:
+        """torch.distributed's variables for this task of an `srun` step (what torchrun would set):
+        rank, world size, local rank, and rank 0's host with a port derived from the job id."""
+        from hpcnli.cluster.commands import first_host
+
+        tasks_per_node = self._env.get("SLURM_STEP_TASKS_PER_NODE") or self._env.get("SLURM_TASKS_PER_NODE", "1")
+        return {"RANK": self._env["SLURM_PROCID"], "WORLD_SIZE": str(self.ntasks),
+                "LOCAL_RANK": self._env.get("SLURM_LOCALID", "0"),
+                "LOCAL_WORLD_SIZE": tasks_per_node.split("(")[0].split(",")[0],
+                "MASTER_ADDR": first_host(self._env.get("SLURM_STEP_NODELIST") or self._env["SLURM_JOB_NODELIST"]),
+                "MASTER_PORT": str(20000 + int(self.job_id or 0) % 20000)}
+
+    def use_node_address_for_rank_zero(self) -> None:
+        """submitit exports the first node's name as MASTER_ADDR; use its address, which resolves also where
+        node names are not host names (the local cluster's extra nodes)."""
+        if self.ntasks > 1:
+            from hpcnli.cluster.commands import first_host
+
+            os.environ["MASTER_ADDR"] = first_host(self._env["SLURM_JOB_NODELIST"])
+
+    def export_torch_distributed(self) -> None:
+        """In a step of several Slurm tasks (srun), set torch.distributed's variables so that Accelerate
+        joins the tasks into one data-parallel group; a launcher that set RANK already (submitit, torchrun)
+        is left alone."""
+        if self.ntasks > 1 and "RANK" not in self._env:
+            os.environ.update(self.torch_distributed_env())
+
     def match_torch_threads(self) -> None:
         """Use as many torch threads as CPUs Slurm gave the task. Without cgroups (task/none) a task
         sees every core of the node, and two 1-CPU shards on one node would each start a thread per core."""

@@ -41,10 +41,18 @@ def _run_stage(paths: RunPaths, name: str, args: list[str], keep_fds: tuple[int,
     return rc == 0
 
 
+def finetune_command(cfg: RunConfig, run: str) -> list[str]:
+    """The fine-tune as one process, or as resources.processes_per_node processes through torchrun."""
+    n = cfg.resources.train_processes_per_node
+    if n == 1:
+        return ["hpcnli.finetune", run]
+    return ["torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "hpcnli.finetune", run]
+
+
 def run_stages(cfg: RunConfig, paths: RunPaths, work: dict, keep_fds: tuple[int, ...] = ()) -> int:
     """Each stage is its own process, in order; failed eval shards are retried resources.max_retries times."""
     run = str(paths.run_dir)
-    if work["finetune"] and not _run_stage(paths, "finetune", ["hpcnli.finetune", run], keep_fds):
+    if work["finetune"] and not _run_stage(paths, "finetune", finetune_command(cfg, run), keep_fds):
         print("fine-tuning failed; the base-model shards still run", flush=True)
     for model in MODELS:
         for shard in work[model]:

@@ -45,7 +45,9 @@ def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmE
                   array_parallelism=r.array_parallelism, additional_parameters=dict(r.extra_sbatch),
                   stderr_to_stdout=True)
     if stage == "finetune":
-        params.update(nodes=r.nodes, ntasks_per_node=max(r.gpus_per_node, 1))
+        params.update(nodes=r.nodes, ntasks_per_node=r.train_processes_per_node)  # one task per training process
+        if r.train_processes > 1:  # one rank lost: stop the others at once instead of leaving them in a collective
+            params["srun_args"] = ["--kill-on-bad-exit=1"]
     if stage.startswith("eval") and r.eval_cpus_per_task:
         params["cpus_per_task"] = r.eval_cpus_per_task
     if stage == "reduce":
@@ -63,8 +65,9 @@ class FinetuneJob(submitit.helpers.Checkpointable):
     """Requeued on time-out or preemption; finetune.main resumes from its last checkpoint."""
 
     def __call__(self, run_dir: str) -> str:
-        _job_setup()
+        env = _job_setup()
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        env.use_node_address_for_rank_zero()
         paths = RunPaths(run_dir)
         finetune.run(load_config(paths.config), paths)
         return str(paths.adapter)

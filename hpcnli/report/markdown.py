@@ -86,13 +86,16 @@ def _changed_examples(rep: dict) -> list[str]:
 
 
 def _cost(rep: dict) -> list[str]:
-    train, models = rep.get("training") or {}, rep["models"]
+    train, models, cfg = rep.get("training") or {}, rep["models"], rep["config"]
     params = train.get("parameters", {})
     out = ["## Cost", "", "| what | value |", "|---|---|",
            f"| training examples | {train.get('train_examples', 'n/a'):,} from `{train.get('train_source', 'n/a')}` |" if train else "| training | n/a |"]
     if train:
         out += [f"| training runtime | {train['runtime_s']:,.1f} s ({train['steps']} steps, {train['examples_seen']:,} examples seen, "
                 f"{train['examples_per_s']:.2f} examples/s, {train['tokens_per_s']:,.0f} tokens/s) |",
+                f"| training processes | {train.get('num_processes', 1)} on {train.get('nodes', 1)} node(s), batch "
+                f"{train.get('per_process_batch_size', cfg['train']['batch_size'])} per process, effective batch "
+                f"{train.get('effective_batch_size', 'n/a')} |",
                 f"| training loss | final {_num(train['final_loss'], '.4f')}, best {_num(train['best_loss'], '.4f')} |",
                 f"| training peak memory | {_mb(train['memory'])} |",
                 f"| parameters | {params['total']:,} total (4-bit weights counted unpacked), {params['trainable']:,} trainable LoRA "

@@ -90,6 +90,11 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     if cfg.eval.num_shards > len(test.examples):
         raise PlanError(f"eval.num_shards: {cfg.eval.num_shards} shards for {len(test.examples)} test examples; "
                         f"use at most {len(test.examples)}")
+    step = cfg.train.batch_size * cfg.resources.train_processes
+    if len(train.examples) < step:
+        raise PlanError(f"train.batch_size: {cfg.resources.train_processes} training processes x batch "
+                        f"{cfg.train.batch_size} = {step} pairs per step, but data.train has {len(train.examples)}; "
+                        "lower train.batch_size or the processes")
     if len({e["id"] for e in test.examples}) != len(test.examples):
         raise PlanError(f"data.test: {test.source} has duplicated example ids")
     check_model(cfg)
