@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Single-node Slurm 22.05 cluster on localhost (munge + MariaDB + slurmdbd + slurmctld + slurmd),
+# Slurm 22.05 cluster on localhost (munge + MariaDB + slurmdbd + slurmctld + one slurmd per node):
+# node `$(hostname -s)` (partitions gpu, debug) and two 1-CPU nodes `<host>-n1`, `<host>-n2` (partition multi),
 # for hpcnli's tests, CI and for trying the Slurm path on a laptop. Must run as root.
 #
 #   slurm/local-cluster.sh up       # install packages if missing, write config, start, wait
@@ -11,7 +12,7 @@
 #   eval "$(slurm/local-cluster.sh env)"; sbatch --partition gpu --wrap hostname
 #
 # Everything (config, spool, logs, MariaDB datadir, pid files) lives under
-# ${HPCNLI_SLURM_DIR:-/tmp/hpcnli-slurm}. Ports 16817-16820 are used so a system Slurm or a
+# ${HPCNLI_SLURM_DIR:-/tmp/hpcnli-slurm}. Ports 16817-16822 are used so a system Slurm or a
 # leftover cluster elsewhere does not collide. The containers this targets have no init system,
 # so every daemon is started by hand.
 set -euo pipefail
@@ -37,6 +38,11 @@ DB_PASS=hpcnli-local # only reachable on 127.0.0.1; this is a throwaway test clu
 # even if a pid file is lost.
 MARKER=HPCNLI_LOCAL_SLURM=$DIR
 NODE=$(hostname -s)
+# Two more slurmd "nodes" on this host (Debian's Slurm is built with MULTIPLE_SLURMD): partition
+# `multi`, where multi-node jobs (resources.nodes: 2) run as on a real cluster.
+EXTRA_NODES=("$NODE-n1" "$NODE-n2")
+EXTRA_PORTS=(16821 16822)
+ALL_NODES=("$NODE" "${EXTRA_NODES[@]}")
 WAIT_S=${HPCNLI_SLURM_WAIT_S:-120}
 
 export SLURM_CONF=$CONF
@@ -55,6 +61,15 @@ pidfile_pid() { [[ -s $1 ]] && tr -dc '0-9' <"$1" || true; }
 pidfile_of() { if [[ $1 == mariadbd ]]; then echo "$DBRUN/mariadbd.pid"; else echo "$RUN/$1.pid"; fi; }
 
 daemon_running() { pid_alive "$(pidfile_pid "$(pidfile_of "$1")")"; }
+
+slurmd_pidfile() { echo "$RUN/slurmd-$1.pid"; }  # one slurmd per node name (SlurmdPidFile=...-%n.pid)
+
+slurmd_running() { pid_alive "$(pidfile_pid "$(slurmd_pidfile "$1")")"; }
+
+all_slurmds_running() {
+    local n
+    for n in "${ALL_NODES[@]}"; do slurmd_running "$n" || return 1; done
+}
 
 # PIDs of processes whose environment carries our marker (i.e. started by this script for $DIR).
 marked_pids() {
@@ -128,7 +143,8 @@ write_config() {
     # A bit below total: slurmd drains the node if it reports less than RealMemory.
     real_mem=$((mem_mb * 95 / 100))
 
-    mkdir -p "$ETC" "$RUN" "$LOG" "$DBRUN" "$DBLOG" "$DIR/spool/ctld" "$DIR/spool/d" "$DIR/gpu"
+    mkdir -p "$ETC" "$RUN" "$LOG" "$DBRUN" "$DBLOG" "$DIR/spool/ctld" "$DIR/gpu"
+    for n in "${ALL_NODES[@]}"; do mkdir -p "$DIR/spool/d-$n"; done
     # MariaDB runs as `mysql` and must traverse the tree down to its datadir/socket.
     chmod 755 "$DIR" "$RUN" "$LOG"
     chown mysql:mysql "$DBRUN" "$DBLOG"
@@ -146,11 +162,11 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=$DIR/spool/ctld
-SlurmdSpoolDir=$DIR/spool/d
+SlurmdSpoolDir=$DIR/spool/d-%n
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
+SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 # No cgroups / PMIx in containers and on most laptops.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -179,8 +195,11 @@ Waittime=0
 # Batch jobs are requeueable by default (scontrol requeue <id> works).
 JobRequeue=1
 NodeName=$NODE NodeHostname=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mem Gres=gpu:2 State=UNKNOWN
+NodeName=${EXTRA_NODES[0]} NodeHostname=$NODE NodeAddr=127.0.0.1 Port=${EXTRA_PORTS[0]} CPUs=1 RealMemory=$((real_mem / 4)) State=UNKNOWN
+NodeName=${EXTRA_NODES[1]} NodeHostname=$NODE NodeAddr=127.0.0.1 Port=${EXTRA_PORTS[1]} CPUs=1 RealMemory=$((real_mem / 4)) State=UNKNOWN
 PartitionName=gpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=debug Nodes=$NODE MaxTime=INFINITE State=UP
+PartitionName=multi Nodes=${EXTRA_NODES[0]},${EXTRA_NODES[1]} MaxTime=INFINITE State=UP
 EOF
 
     cat >"$ETC/gres.conf" <<EOF
@@ -293,24 +312,30 @@ start_slurmdbd() {
     fi
 }
 
-node_state() { sinfo -h -n "$NODE" -o '%T' 2>/dev/null | head -n 1; }
-node_usable() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
+node_state() { sinfo -h -n "${1:-$NODE}" -o '%T' 2>/dev/null | head -n 1; }
+node_usable() {
+    local n
+    for n in "${ALL_NODES[@]}"; do [[ $(node_state "$n") =~ ^(idle|mixed|allocated|completing)$ ]] || return 1; done
+}
 
 start_slurm() {
     daemon_running slurmctld || env "$MARKER" slurmctld
     wait_for "slurmctld" scontrol ping || fail_with_log "slurmctld did not answer" "$LOG/slurmctld.log"
-    # -N: node name as configured, whatever the kernel hostname resolves to.
-    daemon_running slurmd || env "$MARKER" slurmd -N "$NODE"
-    if ! wait_for "node $NODE idle" node_usable; then
-        log "node state: $(node_state)"
-        fail_with_log "node $NODE did not become idle" "$LOG/slurmd.log"
+    # -N: node name as configured, whatever the kernel hostname resolves to; one slurmd per node.
+    local n
+    for n in "${ALL_NODES[@]}"; do
+        slurmd_running "$n" || env "$MARKER" slurmd -N "$n"
+    done
+    if ! wait_for "nodes ${ALL_NODES[*]} idle" node_usable; then
+        for n in "${ALL_NODES[@]}"; do log "node $n: $(node_state "$n")"; done
+        fail_with_log "the nodes did not become idle" "$LOG/slurmd-$NODE.log"
     fi
     wait_for "sacct" sacct -n -X -S now-1minutes || fail_with_log "sacct did not answer" "$LOG/slurmdbd.log"
 }
 
 healthy() {
     munge_ok && daemon_running mariadbd && daemon_running slurmdbd && daemon_running slurmctld &&
-        daemon_running slurmd && scontrol ping >/dev/null 2>&1 && node_usable &&
+        all_slurmds_running && scontrol ping >/dev/null 2>&1 && node_usable &&
         sacct -n -X -S now-1minutes >/dev/null 2>&1
 }
 
@@ -337,14 +362,14 @@ cmd_up() {
     start_mariadb
     start_slurmdbd
     start_slurm
-    log "up in $((SECONDS - start))s; node $NODE, partitions gpu (default) and debug, state in $DIR"
+    log "up in $((SECONDS - start))s; node $NODE (partitions gpu, the default, and debug), nodes ${EXTRA_NODES[*]} (partition multi); state in $DIR"
     log "run this (or eval \"\$($0 env)\"):"
     cmd_env
 }
 
 cmd_down() {
     require_root
-    local jobs pid name i
+    local jobs pid name i n
     # Cancel jobs first: slurmstepd outlives slurmd by design, and would otherwise linger.
     if daemon_running slurmctld; then
         jobs=$(squeue -h -o '%A' 2>/dev/null || true)
@@ -359,7 +384,11 @@ cmd_down() {
         fi
     fi
     # Reverse start order, so nothing logs errors about a vanished dependency.
-    for name in slurmd slurmctld slurmdbd mariadbd; do
+    for n in "${ALL_NODES[@]}"; do
+        stop_pid slurmd "$(pidfile_pid "$(slurmd_pidfile "$n")")"
+        rm -f "$(slurmd_pidfile "$n")"
+    done
+    for name in slurmctld slurmdbd mariadbd; do
         stop_pid "$name" "$(pidfile_pid "$(pidfile_of "$name")")"
         rm -f "$(pidfile_of "$name")"
     done
@@ -376,12 +405,13 @@ cmd_down() {
 
 cmd_status() {
     local name pid up=1
-    for name in mariadbd slurmdbd slurmctld slurmd; do
-        pid=$(pidfile_pid "$(pidfile_of "$name")")
+    for name in mariadbd slurmdbd slurmctld "${ALL_NODES[@]/#/slurmd:}"; do
+        if [[ $name == slurmd:* ]]; then pid=$(pidfile_pid "$(slurmd_pidfile "${name#slurmd:}")"); else
+            pid=$(pidfile_pid "$(pidfile_of "$name")"); fi
         if pid_alive "$pid"; then
-            printf '%-10s running (pid %s)\n' "$name" "$pid"
+            printf '%-14s running (pid %s)\n' "$name" "$pid"
         else
-            printf '%-10s not running\n' "$name"
+            printf '%-14s not running\n' "$name"
             up=0
         fi
     done

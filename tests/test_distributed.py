@@ -61,6 +61,21 @@ def test_two_processes_train_like_one_with_twice_the_batch(one_and_two):
     assert "| training processes | 2 on 1 node(s), batch 4 per process, effective batch 8 |" in report
 
 
+def test_two_nodes_train_like_one_process(one_and_two, tmp_path):
+    """2 nodes x 1 process: the local cluster's partition `multi` is two slurmd nodes on this host."""
+    one, _ = one_and_two
+    nodes = RunPaths(tmp_path / "two-nodes")
+    run_cli("hpcnli.submit", "--config", SMOKE, "--partition", "multi", "--run-dir", nodes.run_dir, "--wait", *COMMON,
+            "train.max_steps=6", "train.batch_size=4", "resources.nodes=2")
+    m1, m2 = (json.loads(p.train_metrics.read_text()) for p in (one, nodes))
+    assert (m2["num_processes"], m2["nodes"], m2["effective_batch_size"]) == (2, 2, 8)
+    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(m1["loss_curve"], m2["loss_curve"])]
+    assert len(diffs) == 6 and max(diffs) <= LOSS_TOLERANCE, (m1["loss_curve"], m2["loss_curve"])
+    jobs = json.loads(nodes.plan.read_text())["submissions"][0]["jobs"]
+    assert wait_done([jobs["finetune"]])[jobs["finetune"]]["state"] == "COMPLETED"
+    assert "| training processes | 2 on 2 node(s), batch 4 per process, effective batch 8 |" in nodes.report_md.read_text()
+
+
 def rank_pid(job_id: str, rank: int) -> int | None:
     """The process of one task (rank) of a Slurm job step on this node, found by its environment."""
     want = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_PROCID={rank}".encode(), b"SLURM_STEP_ID=0"}
