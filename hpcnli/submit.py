@@ -7,7 +7,6 @@
 Everything that can be checked is checked here, before anything runs or is queued.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -17,14 +16,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from hpcnli.cluster.commands import partition_limits, partition_problem
 from hpcnli.config import RunConfig, load_config
 from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
 from hpcnli.launch import local
 from hpcnli.logs import setup_logging
 from hpcnli.run.lock import RunLock
 from hpcnli.run.paths import RunPaths
-from hpcnli.run.planning import PlanError, check_resumable, plan, plan_once
+from hpcnli.run.planning import PlanError, check_resumable, plan, plan_once, slurm_problem
 from hpcnli.run.state import remaining_work
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -53,26 +51,6 @@ def parse_args(argv=None):
     return args
 
 
-def resource_problem(cfg: RunConfig) -> str | None:
-    """Why the partition cannot hold the fine-tune job as configured (sinfo's view), or None."""
-    r = cfg.resources
-    limits = partition_limits(r.partition)
-    if limits is None:
-        return None
-    if r.gpus_per_node > limits["gpus"]:
-        return (f"resources.gpus_per_node: {r.gpus_per_node} GPUs per node, but the nodes of partition "
-                f"{r.partition!r} have {limits['gpus']} (sinfo); use at most {limits['gpus']}")
-    if r.nodes > limits["nodes"]:
-        return (f"resources.nodes: {r.nodes} nodes, but partition {r.partition!r} has {limits['nodes']} (sinfo); "
-                f"use at most {limits['nodes']}")
-    cpus = r.train_processes_per_node * r.cpus_per_task
-    if cpus > limits["cpus"]:
-        return (f"resources.cpus_per_task: {r.train_processes_per_node} training processes per node x "
-                f"{r.cpus_per_task} CPUs = {cpus}, but the nodes of partition {r.partition!r} have {limits['cpus']} "
-                "CPUs (sinfo); lower cpus_per_task or the processes per node")
-    return None
-
-
 def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
     """The run's config and directory (planned now, or an existing one for --resume) and what is left to do."""
     partition = [f"resources.partition={args.partition}"] if args.partition else []
@@ -86,7 +64,7 @@ def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
     else:
         cfg = load_config(args.config, list(args.overrides) + partition)
     if args.executor == "slurm":
-        why = partition_problem(cfg.resources.partition) or resource_problem(cfg)
+        why = slurm_problem(cfg)
         if why:
             raise PlanError(why)
     elif cfg.resources.nodes > 1:

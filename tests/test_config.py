@@ -391,3 +391,11 @@ def test_train_defaults_match_documented_keys():
     import dataclasses
     assert tuple(f.name for f in dataclasses.fields(TrainConfig)) == TRAIN_KEYS
 
+
+
+def test_numbers_given_where_text_is_meant_are_kept_as_text(tmp_path):
+    """YAML reads `name: 2024` and `account=12345` as numbers; a string field takes them as the text."""
+    path = tmp_path / "numbers.yaml"
+    path.write_text("name: 2024\nresources:\n  qos: 7\n")
+    cfg = load_config(path, ["resources.account=12345"])
+    assert (cfg.name, cfg.resources.account, cfg.resources.qos) == ("2024", "12345", "7")

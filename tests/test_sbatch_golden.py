@@ -80,3 +80,15 @@ def test_shipped_script_passes_arguments_verbatim(tmp_path, script, args):
     text = "\n".join(json.dumps(c).replace(str(tmp_path), "TMP") for c in calls) + "\n"
     check_golden(f"script_{script}.argv", text)
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_data_parallel_fine_tune_asks_for_one_task_per_gpu_and_eval_tasks_for_one_gpu():
+    cfg = load_config(ROOT / "jobs/smoke.yaml", ["resources.gpus_per_node=4", "resources.nodes=2"])
+    text = {stage: executor_for(cfg, RunPaths("/runs/r"), stage)._make_submission_file_text("C", "u")
+            for stage in ("finetune", "eval-base", "reduce")}
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4"} <= set(
+        text["finetune"].splitlines())
+    assert "--kill-on-bad-exit=1" in text["finetune"]  # one rank lost stops the others
+    assert {"#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=1"} <= set(
+        text["eval-base"].splitlines())
+    assert "gpus-per-node" not in text["reduce"]

@@ -60,6 +60,16 @@ def test_a_deleted_or_corrupt_adapter_is_retrained_not_trusted(smoke_run, tmp_pa
     assert json.loads(cut.report_json.read_text())["complete"] is False
 
 
+def test_an_adapter_trained_on_other_pairs_is_retrained(smoke_run, tmp_path):
+    p = copy_run(smoke_run, tmp_path / "other-pairs")
+    metrics = json.loads(p.train_metrics.read_text())
+    metrics["inputs"]["train_data_hash"] = "0123456789abcdef"  # as if data.train had changed since
+    p.train_metrics.write_text(json.dumps(metrics))
+    work = remaining_work(load_config(p.config), p)
+    assert work["finetune"] and work["finetuned"] == [0, 1]
+    assert "fine-tune: data.train changed since the adapter was trained (content hash 0123456789abcdef" in work["why"][0]
+
+
 def test_shards_of_another_adapter_are_redone(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "other-adapter")
     metrics = json.loads(p.shard_metrics("finetuned", 1).read_text())

@@ -52,8 +52,8 @@ def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmE
         params["cpus_per_task"] = r.eval_cpus_per_task
     if stage == "reduce":
         params.update(cpus_per_task=1, mem="2G", time=30)
-    elif r.gpus_per_node > 0:
-        params["gpus_per_node"] = r.gpus_per_node
+    elif r.gpus_per_node > 0:  # training: all of a node's GPUs, one per process; an eval task: one GPU
+        params["gpus_per_node"] = r.gpus_per_node if stage == "finetune" else 1
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return ex
 

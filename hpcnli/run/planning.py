@@ -1,7 +1,8 @@
 """Planning a run: every check that can be made before anything runs or is queued, then the run directory.
 
 A planned run directory holds `config.yaml` (the resolved config), `test_set.json` (the test set's
-example ids, in order) and `provenance.json` (code and package versions); every stage reads them.
+example ids in order, and its content hash) and `provenance.json` (code and package versions, and the
+output_root the run was planned in); every stage reads them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+from hpcnli.cluster.commands import partition_limits, partition_problem
 from hpcnli.config import RunConfig, save_config
 from hpcnli.data.nli import load_split
 from hpcnli.errors import UserFacingError
@@ -116,6 +118,29 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     log.info("planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
              run_dir, len(train.examples), train.source, len(test.examples), test.source, cfg.eval.num_shards)
     return paths
+
+
+def slurm_problem(cfg: RunConfig) -> str | None:
+    """Why Slurm would refuse or never start the run's jobs (sinfo's view of the partition), or None."""
+    r = cfg.resources
+    why = partition_problem(r.partition)
+    if why:
+        return why
+    limits = partition_limits(r.partition)
+    if limits is None:
+        return None
+    if r.gpus_per_node > limits["gpus"]:
+        return (f"resources.gpus_per_node: {r.gpus_per_node} GPUs per node, but the nodes of partition "
+                f"{r.partition!r} have {limits['gpus']} (sinfo); use at most {limits['gpus']}")
+    if r.nodes > limits["nodes"]:
+        return (f"resources.nodes: {r.nodes} nodes, but partition {r.partition!r} has {limits['nodes']} (sinfo); "
+                f"use at most {limits['nodes']}")
+    cpus = r.train_processes_per_node * r.cpus_per_task
+    if cpus > limits["cpus"]:
+        return (f"resources.cpus_per_task: {r.train_processes_per_node} training processes per node x "
+                f"{r.cpus_per_task} CPUs = {cpus}, but the nodes of partition {r.partition!r} have {limits['cpus']} "
+                "CPUs (sinfo); lower cpus_per_task or the processes per node")
+    return None
 
 
 def check_resumable(cfg: RunConfig, paths: RunPaths) -> None:
