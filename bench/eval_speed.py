@@ -181,7 +181,7 @@ def lm_eval_harness(binary: str, cfg, examples: list[dict], dtype: str) -> dict:
             "preds": preds, "wall_s": wall_s, "scoring_s": scoring_s}
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=300, help="the first N labelled pairs of --data (default: %(default)s)")
     parser.add_argument("--data", default=str(Path("..") / "shared" / "snli" / "test.jsonl"),
@@ -204,6 +204,52 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.shards < 1:
         parser.error("--repeat and --shards: must be >= 1")
+    return args, parser
+
+
+def fastest_of_rounds(runners, repeat: int) -> list[tuple[str, float, list[int]]]:
+    """(label, seconds, predictions) of every row: the fastest of `repeat` rounds. Rounds interleave the rows,
+    so a slow spell of the machine hits them all."""
+    best = {}
+    for round_ in range(repeat):
+        for runner in runners:
+            for label, secs, preds in runner():
+                if label in best and best[label][1] != preds:
+                    print(f"note: predictions of '{label}' changed between rounds")
+                if label not in best or secs < best[label][0]:
+                    best[label] = (secs, preds)
+        print(f"round {round_ + 1}/{repeat} done", flush=True)
+    return [(label, secs, preds) for label, (secs, preds) in best.items()]
+
+
+def print_table(rows, n_examples: int, repeat: int) -> None:
+    """Speed against the first row (the per-example loop); agreement with the second (4-bit)."""
+    base_s, ref4 = rows[0][1], rows[1][2]
+    print(f"\nfastest of {repeat} interleaved round(s) per row" if repeat > 1 else "")
+    print("| path | seconds | examples/s | speed-up vs per-example | agreement with 4-bit |")
+    print("|---|---|---|---|---|")
+    for label, secs, preds in rows:
+        agree = sum(a == b for a, b in zip(preds, ref4)) / len(preds)
+        print(f"| {label} | {secs:.1f} | {n_examples / secs:.1f} | {base_s / secs:.1f}x | {100 * agree:.1f}% |")
+
+
+def print_harness_comparison(harness: dict, rows, compared_labels, examples) -> None:
+    base_preds = rows[0][2]
+    accuracy = sum(p == e["label"] for p, e in zip(base_preds, examples)) / len(examples)
+    same = sum(a == b for a, b in zip(harness["preds"], base_preds)) / len(examples)
+    print("\nThe harness computes logits at every position over the whole vocabulary; its logits cache gives the "
+          "three one-token choices one forward pass per example, as here. Its scoring loop is timed by its "
+          "progress bar (1 s resolution).")
+    for label, secs, _ in (row for row in rows if row[0] in compared_labels):
+        print(f"{label.split(' (')[0]} / harness: "
+              + (f"{harness['scoring_s'] / secs:.2f}x scoring loop, " if harness["scoring_s"] else "")
+              + f"{harness['wall_s'] / secs:.2f}x whole subprocess")
+    print(f"harness accuracy {100 * harness['acc']:.1f}%, per-example fp32 loop {100 * accuracy:.1f}% "
+          f"(same unquantized weights); their predictions agree on {100 * same:.1f}%")
+
+
+def main(argv=None) -> None:
+    args, parser = parse_args(argv)
     overrides = [f"data.test={args.data}", "data.max_test_examples=0", *prompt_overrides(args.prompt)]
     cfg = load_config(args.config, overrides)
     if args.lm_eval and not all(w.startswith(" ") for w in cfg.task.label_words):
@@ -265,38 +311,10 @@ def main(argv=None) -> None:
         runners.append(shards)
     if args.lm_eval:
         runners.append(lm_eval)
-    best = {}  # row label -> (seconds, predictions): the fastest of the rounds
-    for round_ in range(args.repeat):  # rounds interleave the rows, so a slow spell of the machine hits them all
-        for runner in runners:
-            for label, secs, preds in runner():
-                if label in best and best[label][1] != preds:
-                    print(f"note: predictions of '{label}' changed between rounds")
-                if label not in best or secs < best[label][0]:
-                    best[label] = (secs, preds)
-        print(f"round {round_ + 1}/{args.repeat} done", flush=True)
-    rows = [(label, secs, preds) for label, (secs, preds) in best.items()]
-    (_, base_s, base_preds), compared = rows[0], [row for row in rows if row[0] in (default, at_once)]
-
-    print(f"\nfastest of {args.repeat} interleaved round(s) per row" if args.repeat > 1 else "")
-    print("| path | seconds | examples/s | speed-up vs per-example | agreement with 4-bit |")
-    print("|---|---|---|---|---|")
-    ref4 = rows[1][2]
-    for label, secs, preds in rows:
-        agree = sum(a == b for a, b in zip(preds, ref4)) / len(preds)
-        print(f"| {label} | {secs:.1f} | {len(examples) / secs:.1f} | {base_s / secs:.1f}x | {100 * agree:.1f}% |")
-
+    rows = fastest_of_rounds(runners, args.repeat)
+    print_table(rows, len(examples), args.repeat)
     if args.lm_eval:
-        accuracy = sum(p == e["label"] for p, e in zip(base_preds, examples)) / len(examples)
-        same = sum(a == b for a, b in zip(harness["preds"], base_preds)) / len(examples)
-        print("\nThe harness computes logits at every position over the whole vocabulary; its logits cache gives the "
-              "three one-token choices one forward pass per example, as here. Its scoring loop is timed by its "
-              "progress bar (1 s resolution).")
-        for label, secs, _ in compared:
-            print(f"{label.split(' (')[0]} / harness: "
-                  + (f"{harness['scoring_s'] / secs:.2f}x scoring loop, " if harness["scoring_s"] else "")
-                  + f"{harness['wall_s'] / secs:.2f}x whole subprocess")
-        print(f"harness accuracy {100 * harness['acc']:.1f}%, per-example fp32 loop {100 * accuracy:.1f}% "
-              f"(same unquantized weights); their predictions agree on {100 * same:.1f}%")
+        print_harness_comparison(harness, rows, (default, at_once), examples)
 
 
 if __name__ == "__main__":

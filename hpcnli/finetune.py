@@ -133,13 +133,30 @@ def prepare_model_and_data(cfg, train) -> Trainee:
     return Trainee(model, tokenizer, prompts, answers, params, load_s, inputs)
 
 
+def train_step(cfg, accelerator, model, optimizer, scheduler, trainee: Trainee, idx: list[int], trainable) -> float:
+    """One micro-batch of this process: forward, backward and, on a step's last micro-batch, the optimizer
+    and the schedule. Returns the loss averaged over all processes (the global batch's loss)."""
+    with accelerator.accumulate(model):
+        input_ids, mask = pad_left([trainee.prompts[i] for i in idx], trainee.tokenizer.pad_token_id)
+        logits = training_logits(model, cfg, input_ids.to(accelerator.device), mask.to(accelerator.device))
+        loss = torch.nn.functional.cross_entropy(logits.float(), trainee.answers[idx].to(accelerator.device))
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
+        optimizer.step()
+        if accelerator.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad()
+    return accelerator.reduce(loss.detach(), reduction="mean").item()
+
+
 def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dict, int, float]:
     """Optimizer steps up to train.max_steps (or train.epochs), resuming from the last checkpoint.
     Returns the loop state, the number of epochs and the runtime (across restarts)."""
     from transformers import get_scheduler
 
     t = cfg.train
-    prompts, answers, model = trainee.prompts, trainee.answers, trainee.model
+    prompts, model = trainee.prompts, trainee.model
     lengths = [len(p) for p in prompts]
     n_proc, rank = accelerator.num_processes, accelerator.process_index
 
@@ -174,20 +191,9 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dic
         first = state["batch"] if epoch == state["epoch"] else 0
         for b, batch in enumerate(batches[first:], start=first):
             idx = batch[rank::n_proc]  # this process's share; DDP averages the shares' gradients
-            with accelerator.accumulate(model):
-                input_ids, mask = pad_left([prompts[i] for i in idx], trainee.tokenizer.pad_token_id)
-                logits = training_logits(model, cfg, input_ids.to(accelerator.device), mask.to(accelerator.device))
-                loss = torch.nn.functional.cross_entropy(logits.float(), answers[idx].to(accelerator.device))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
+            window.append(train_step(cfg, accelerator, model, optimizer, scheduler, trainee, idx, trainable))
             state["seen"] += len(batch)
             state["tokens"] += sum(lengths[i] for i in batch)
-            window.append(accelerator.reduce(loss.detach(), reduction="mean").item())  # the global batch's loss
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
