@@ -14,8 +14,11 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +27,13 @@ import torch
 from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
 from hpcnli.data.nli import load_split
-from hpcnli.errors import raise_on_sigterm, run_command
-from hpcnli.io import write_json
+from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
+from hpcnli.io import read_json, write_json
 from hpcnli.logs import setup_logging
 from hpcnli.model.loading import add_lora, dtype_name, load_base_model, load_tokenizer, narrow_output_layer, stage_dtype
 from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory
 from hpcnli.run.paths import RunPaths
+from hpcnli.run.state import training_problem
 from hpcnli.scoring.engine import training_logits
 from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 
@@ -150,9 +154,26 @@ def train_step(cfg, accelerator, model, optimizer, scheduler, trainee: Trainee, 
     return accelerator.reduce(loss.detach(), reduction="mean").item()
 
 
-def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dict, int, float]:
-    """Optimizer steps up to train.max_steps (or train.epochs), resuming from the last checkpoint.
-    Returns the loop state, the number of epochs and the runtime (across restarts)."""
+@contextmanager
+def stop_requested():
+    """An event set by SIGTERM, which Slurm sends on requeue, preemption and scancel (KillWait seconds before
+    SIGKILL) and the local executor on a stop: training ends at the next step with a checkpoint, instead of
+    running on (submitit lets SIGTERM pass) and perhaps finishing half-written as it is killed."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: threading.Event) -> tuple[dict, int, float]:
+    """Optimizer steps up to train.max_steps (or train.epochs), resuming from the last checkpoint, stopping
+    early (with a checkpoint) when `stop` is set. Returns the loop state, the number of epochs and the
+    runtime (across restarts)."""
     from transformers import get_scheduler
 
     t = cfg.train
@@ -209,6 +230,11 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee) -> tuple[dic
             if (t.checkpoint_every and state["step"] % t.checkpoint_every == 0 and state["step"] < total_steps
                     and accelerator.is_main_process):
                 save_checkpoint(paths, accelerator.unwrap_model(model), optimizer, scheduler, state)
+            if stop.is_set() and state["step"] < total_steps:  # requeued, preempted or stopped: keep this step
+                if accelerator.is_main_process:
+                    save_checkpoint(paths, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                raise Interrupted(f"SIGTERM: stopped after step {state['step']}, checkpointed; a requeued or "
+                                  "resumed fine-tune continues from there")
             if state["step"] >= total_steps:
                 break
         if state["step"] >= total_steps:
@@ -223,6 +249,10 @@ def run(cfg, paths: RunPaths) -> dict:
     from accelerate.utils import set_seed
 
     t = cfg.train
+    if paths.train_metrics.is_file() and training_problem(cfg, paths) is None:
+        # A requeued job, or slurm/finetune.sh sent again, after the adapter was written: nothing to redo.
+        log.info("the adapter in %s is complete and current; not training again", paths.adapter)
+        return read_json(paths.train_metrics)
     set_seed(t.seed)
     # cpu=True where there is no GPU: Accelerate then forms a gloo group of the processes a launcher started
     # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself (Accelerate
@@ -233,7 +263,8 @@ def run(cfg, paths: RunPaths) -> dict:
     log.info("train set: %d examples from %s (%d without gold label dropped)",
              len(train.examples), train.source, train.dropped)
     trainee = prepare_model_and_data(cfg, train)
-    state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee)
+    with stop_requested() as stop:
+        state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, stop)
     losses = state["losses"]
 
     accelerator.wait_for_everyone()

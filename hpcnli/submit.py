@@ -72,6 +72,8 @@ def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
                         "runs on this machine only")
     if args.resume:
         check_resumable(cfg, paths)
+        if args.force:  # the fine-tune stage keeps a complete, current adapter unless told otherwise
+            paths.train_metrics.unlink(missing_ok=True)
         return cfg, paths, remaining_work(cfg, paths, args.force)
     if args.name is not None and not RUN_NAME.fullmatch(args.name):
         raise PlanError(f"--name: {args.name!r} must be letters, digits, '-', '_' or '.' (a directory in output_root, "
