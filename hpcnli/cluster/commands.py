@@ -1,4 +1,4 @@
-"""The Slurm adapter: the only place that runs Slurm's command-line tools (sinfo, squeue, sacct).
+"""The Slurm adapter: the only place that runs Slurm's command-line tools (sinfo, squeue, sacct, scontrol).
 
 Jobs are submitted by submitit (`hpcnli.launch.slurm`); everything else hpcnli asks the scheduler
 goes through these functions, which answer with plain values and never raise for a missing Slurm.

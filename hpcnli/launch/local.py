@@ -1,7 +1,8 @@
 """The local executor: every stage of a run as its own process on this machine, in order.
 
 The commands are the ones the sbatch scripts run (`python -m hpcnli.finetune <run>`, ...), so a
-local run exercises the same entry points as a cluster run.
+local run exercises the same entry points as a cluster run; several training processes
+(resources.processes_per_node) start through torchrun.
 """
 
 from __future__ import annotations
