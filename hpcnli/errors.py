@@ -43,8 +43,9 @@ def run_command(name: str, work) -> int:
         return status if isinstance(status, int) else 0
     except UserFacingError as e:
         print(f"{name}: {e}", file=sys.stderr)
-    except (KeyboardInterrupt, Interrupted):
-        print(f"{name}: interrupted{after}", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as e:
+        why = f" ({e})" if str(e) else ""
+        print(f"{name}: interrupted{why}{after}", file=sys.stderr)
         return 130
     except OSError as e:
         if e.errno not in ENVIRONMENT_FAULTS:
