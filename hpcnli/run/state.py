@@ -132,7 +132,8 @@ def remaining_work(cfg, paths: RunPaths, force: bool = False) -> dict:
         return {"finetune": True, **{m: every for m in MODELS}, "why": ["--force: every stage"]}
     train_why = training_problem(cfg, paths)  # a new adapter first: the fine-tuned shards are then made with it
     _, _, problems = collect(paths, cfg, read_json(paths.test_manifest))
-    remaining = {"finetune": train_why is not None, "why": [f"fine-tune: {train_why}"] if train_why else []}
+    redo = train_why and (paths.adapter.exists() or paths.train_metrics.exists())  # not a run's first fine-tune
+    remaining = {"finetune": train_why is not None, "why": [f"fine-tune: {train_why}"] if redo else []}
     for m in MODELS:
         bad = {p["shard"] for p in problems if p["model"] == m}
         remaining[m] = every if m == "finetuned" and train_why else sorted(bad)
