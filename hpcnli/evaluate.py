@@ -31,10 +31,10 @@ class StageError(UserFacingError, RuntimeError):
     """A stage cannot run with the files it was given."""
 
 
-def shard_examples(cfg, paths: RunPaths, shard: int) -> list[dict]:
+def shard_examples(cfg, manifest: dict, shard: int) -> list[dict]:
     """This shard's slice of the test set, checked against the run's test-set manifest."""
     test = load_split(cfg, "test")
-    why = test_set_changed(test, read_json(paths.test_manifest))
+    why = test_set_changed(test, manifest)
     if why:
         raise StageError(why)
     lo, hi = shard_bounds(len(test.examples), cfg.eval.num_shards, shard)
@@ -47,7 +47,8 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     if not 0 <= shard < cfg.eval.num_shards:
         raise StageError(f"--shard {shard} outside 0..{cfg.eval.num_shards - 1} (eval.num_shards)")
     started = datetime.now(timezone.utc).isoformat()
-    examples = shard_examples(cfg, paths, shard)
+    manifest = read_json(paths.test_manifest)
+    examples = shard_examples(cfg, manifest, shard)
     log.info("%s model, shard %d/%d: %d examples", model_kind, shard, cfg.eval.num_shards, len(examples))
 
     t_load = time.perf_counter()
@@ -66,7 +67,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     write_jsonl(paths.shard_predictions(model_kind, shard), rows)
     metrics = {
         "model": model_kind, "shard": shard, "num_shards": cfg.eval.num_shards, "examples": len(rows),
-        "config_hash": cfg.hash(), "test_content_hash": read_json(paths.test_manifest).get("content_hash"),
+        "config_hash": cfg.hash(), "test_content_hash": manifest.get("content_hash"),
         "adapter_sha256": adapter_sha256(paths) if model_kind == "finetuned" else None,
         "runtime_s": runtime, "model_load_s": load_s,
         "examples_per_s": len(rows) / runtime if runtime > 0 else None,

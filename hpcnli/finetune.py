@@ -86,17 +86,17 @@ def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -
     log.info("checkpoint at step %d: %s", state["step"], target)
 
 
-def checkpoint_inputs(ckpt: Path) -> dict | None:
-    """The training inputs (config and data hashes) a checkpoint was written for."""
-    return torch.load(ckpt / "trainer.pt", weights_only=False)["state"].get("inputs")
-
-
-def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler, inputs: dict) -> dict | None:
+    """Restore a checkpoint and return its loop state, or None when it was written for other inputs
+    (another config or training set) and must not be resumed."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
     saved = torch.load(ckpt / "trainer.pt", weights_only=False)
+    if saved["state"].get("inputs") != inputs:
+        log.warning("ignoring %s: written for other inputs (%s, now %s)", ckpt, saved["state"].get("inputs"), inputs)
+        return None
+    set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -196,12 +196,12 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
     state = {"step": 0, "epoch": 0, "batch": 0, "seen": 0, "tokens": 0, "elapsed_s": 0.0, "losses": [],
              "restarts": 0, "inputs": trainee.inputs}
     done = paths.complete_checkpoints()
-    if done and checkpoint_inputs(done[-1]) != trainee.inputs:  # written for another config or training set
-        log.warning("ignoring checkpoints of other inputs (%s, now %s)", checkpoint_inputs(done[-1]), trainee.inputs)
+    resumed = load_checkpoint(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
+                              trainee.inputs) if done else None
+    if resumed is not None:
+        state = {**resumed, "restarts": resumed["restarts"] + 1}
+    elif done:  # stale checkpoints: a later checkpoint of this run must not sit beside them
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
-    elif done:
-        state = load_checkpoint(done[-1], accelerator.unwrap_model(model), optimizer, scheduler)
-        state["restarts"] += 1
     model.train()
     reset_peak_memory()
 
@@ -249,7 +249,7 @@ def run(cfg, paths: RunPaths) -> dict:
     from accelerate.utils import set_seed
 
     t = cfg.train
-    if paths.train_metrics.is_file() and training_problem(cfg, paths) is None:
+    if training_problem(cfg, paths) is None:
         # A requeued job, or slurm/finetune.sh sent again, after the adapter was written: nothing to redo.
         log.info("the adapter in %s is complete and current; not training again", paths.adapter)
         return read_json(paths.train_metrics)

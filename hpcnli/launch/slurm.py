@@ -62,7 +62,7 @@ def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmE
 
 
 class FinetuneJob(submitit.helpers.Checkpointable):
-    """Requeued on time-out or preemption; finetune.main resumes from its last checkpoint."""
+    """Requeued on time-out or preemption; finetune.run resumes from its last checkpoint."""
 
     def __call__(self, run_dir: str) -> str:
         env = _job_setup()
