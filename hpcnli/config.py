@@ -94,7 +94,11 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 8  # per device
+    batch_size: int = 8  # pairs per process and micro-batch, when batch_tokens is left out
+    # Micro-batches by tokens instead: as many length-sorted pairs as this many padded tokens hold
+    # (rows x longest row, per process). "auto": the largest budget whose estimated peak memory fits
+    # resources.gpu_mem_gb (on a GPU) or resources.mem_gb (on a CPU); see hpcnli.model.footprint.
+    batch_tokens: int | str | None = None
     grad_accum: int = 1
     learning_rate: float = 5e-4
     lr_scheduler: str = "linear"
@@ -106,7 +110,9 @@ class TrainConfig:
     group_by_length: bool = True  # batches of similar length (less padding), in shuffled order
     loss: str = "labels"  # "labels": cross-entropy over the 3 label words; "vocab": over the whole vocabulary
     checkpoint_every: int = 20  # optimizer steps between resumable checkpoints (0 = none)
-    gradient_checkpointing: bool = False
+    # Recompute activations in backward instead of keeping them: far less memory, about 1.3x the compute.
+    # "auto": only when the plan needs it (no batch of task.max_length tokens fits without it).
+    gradient_checkpointing: bool | str = False
     seed: int = 0
     log_every: int = 5  # optimizer steps between loss records
 
@@ -114,7 +120,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     num_shards: int = 2  # array tasks per model
-    batch_size: int = 32
+    batch_size: int = 32  # pairs per batch, when batch_tokens is left out
+    batch_tokens: int | str | None = None  # as train.batch_tokens: a token budget per batch, or "auto"
     # "dequantized": both models on the 4-bit base dequantized to model.dtype, the adapter merged in
     # (the usual QLoRA deployment path, several times faster on CPU); "4bit": as trained, unmerged.
     weights: str = "dequantized"
@@ -131,6 +138,10 @@ class ResourcesConfig:
     cpus_per_task: int = 2
     eval_cpus_per_task: int | None = None  # CPUs of each eval array task; None = cpus_per_task
     mem_gb: int = 8
+    # The GPU memory a stage may use, per GPU: the plan refuses a run whose estimated peak exceeds it and
+    # sizes "auto" batches to it. None: the plan cannot check it, and "auto" takes 85% of the free memory
+    # of the GPU the stage finds itself on.
+    gpu_mem_gb: float | None = None
     gpus_per_node: int = 0  # 0 = no GPU request is sent to Slurm; > 0: one training process per GPU
     # Training processes per node where there are no GPUs (data parallel over gloo); None = 1.
     # train.batch_size is per process: the effective batch is batch_size x grad_accum x processes.
@@ -218,8 +229,14 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _convert(value, inner, key, problems)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(value, inner[0], key, problems)
+        for tp in inner:  # int | str, bool | str: the value as it is, if it is one of them
+            if isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
+                return value
+        problems.append(f"{key}: expected {' or '.join(map(_type_name, inner))}, got {type(value).__name__} {value!r}")
+        return None
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             problems.append(f"{key}: expected a list of strings, got {value!r}")
@@ -312,6 +329,11 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(cfg.task.max_length >= 16, f"task.max_length: must be >= 16, got {cfg.task.max_length}")
     t = cfg.train
     need(t.batch_size > 0, f"train.batch_size: must be > 0, got {t.batch_size}")
+    for section, name in ((t, "train"), (cfg.eval, "eval")):
+        problem = _budget_problem(section.batch_tokens, cfg.task.max_length)
+        need(problem is None, f"{name}.batch_tokens: {problem}")
+    need(t.gradient_checkpointing in (True, False, "auto"),
+         f"train.gradient_checkpointing: true, false or auto, got {t.gradient_checkpointing!r}")
     need(t.grad_accum > 0, f"train.grad_accum: must be > 0, got {t.grad_accum}")
     need(t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}")
     need(t.weight_decay >= 0, f"train.weight_decay: must be >= 0, got {t.weight_decay}")
@@ -332,6 +354,8 @@ def _check_values(cfg: RunConfig) -> list[str]:
         need(getattr(r, k) > 0, f"resources.{k}: must be > 0, got {getattr(r, k)}")
     need(r.eval_cpus_per_task is None or r.eval_cpus_per_task > 0,
          f"resources.eval_cpus_per_task: must be > 0 (or left out: cpus_per_task), got {r.eval_cpus_per_task}")
+    need(r.gpu_mem_gb is None or r.gpu_mem_gb > 0,
+         f"resources.gpu_mem_gb: must be > 0 (or left out), got {r.gpu_mem_gb}")
     need(r.gpus_per_node >= 0, f"resources.gpus_per_node: must be >= 0, got {r.gpus_per_node}")
     need(r.processes_per_node is None or r.processes_per_node > 0,
          f"resources.processes_per_node: must be > 0 (or left out: 1), got {r.processes_per_node}")
@@ -349,6 +373,19 @@ def _check_values(cfg: RunConfig) -> list[str]:
              f"resources.extra_sbatch: option name {k!r} must be letters, digits and '-' (e.g. mail-type)")
         need(not any(c in v for c in "\r\n"), f"resources.extra_sbatch.{k}: must not contain a line break")
     return p
+
+
+def _budget_problem(budget, max_length: int) -> str | None:
+    """Why a batch_tokens value cannot work, or None. A budget must hold one prompt of task.max_length
+    tokens (the longest a prompt is cut to), so that no batch ever exceeds it."""
+    if budget is None or budget == "auto":
+        return None
+    if isinstance(budget, str):
+        return f"{budget!r} is not a number of tokens or 'auto'"
+    if budget < max_length:
+        return (f"{budget} tokens cannot hold one prompt of task.max_length {max_length} tokens; use at least "
+                f"{max_length}, 'auto' (sized from memory), or leave it out (batch_size pairs)")
+    return None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -28,46 +28,50 @@ from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
 from hpcnli.data.nli import load_split
 from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
-from hpcnli.io import read_json, write_json
+from hpcnli.io import follow_umask, read_json, write_json
 from hpcnli.logs import setup_logging
-from hpcnli.model.loading import add_lora, dtype_name, load_base_model, load_tokenizer, narrow_output_layer, stage_dtype
-from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory
+from hpcnli.model.loading import (add_lora, dtype_name, import_model_libraries, load_base_model, load_tokenizer,
+                                  narrow_output_layer, stage_dtype)
+from hpcnli.model.footprint import return_freed_memory
+from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory, resident_mb
+from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.state import training_problem
+from hpcnli.scoring.batching import BatchRule
 from hpcnli.scoring.engine import training_logits
 from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 
 log = logging.getLogger("hpcnli.finetune")
 
 
-def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
+def _batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
     """The batch order of one epoch: a function of (seed, epoch) alone, so a resumed run can skip ahead.
 
-    by_length: shuffle, sort each window of 16 batches by prompt length, cut it into batches, then
+    by_length: shuffle, sort each window of about 16 batches by prompt length, cut it into batches, then
     shuffle the batches, so that rows of a batch have similar lengths (little padding to compute on).
     """
     rng = random.Random(seed * 1000 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    if by_length:
-        window = 16 * batch_size
-        order = [i for w in range(0, len(order), window) for i in sorted(order[w:w + window], key=lengths.__getitem__)]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if by_length:
-        rng.shuffle(batches)
+    if not by_length:
+        return rule.cut(order, lengths)
+    rows = rule.rows or max(1, rule.tokens * rule.ways // max(1, round(sum(lengths) / max(1, len(lengths)))))
+    window = 16 * rows
+    batches = [b for w in range(0, len(order), window)
+               for b in rule.cut(sorted(order[w:w + window], key=lengths.__getitem__), lengths)]
+    rng.shuffle(batches)
     return batches
 
 
-def global_batches(lengths: list[int], batch_size: int, processes: int, seed: int, epoch: int,
-                   by_length: bool) -> list[list[int]]:
-    """One epoch's global batches of batch_size x processes pairs; process r trains on `batch[r::processes]`.
+def global_batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
+    """One epoch's global batches; process r of `rule.ways` trains on `batch[r::rule.ways]`.
 
-    The order depends on the global batch size alone, so 2 processes of batch b see exactly the pairs
-    that 1 process of batch 2b sees, step by step. A last batch too small to give every process a pair
-    is dropped (a process with nothing would stall the others).
+    The order depends on the global batch alone (batch_size x processes pairs, or the token budget of
+    each process), so 2 processes of batch b see exactly the pairs that 1 process of batch 2b sees, step
+    by step. A last batch too small to give every process a pair is dropped (a process with nothing would
+    stall the others).
     """
-    batches = _batches(lengths, batch_size * processes, seed, epoch, by_length)
-    return [b for b in batches if len(b) >= processes]
+    return [b for b in _batches(lengths, rule, seed, epoch, by_length) if len(b) >= rule.ways]
 
 
 def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -> None:
@@ -115,9 +119,12 @@ class Trainee:
     params: dict
     load_s: float
     inputs: dict  # what the adapter depends on: {train_config_hash, train_data_hash}
+    rss_before_model_mb: float | None  # resident memory before the model was loaded (the work's baseline)
 
 
-def prepare_model_and_data(cfg, train) -> Trainee:
+def prepare_model_and_data(cfg, train, inputs: dict) -> Trainee:
+    import_model_libraries(cfg)
+    rss_before = resident_mb()
     t_load = time.perf_counter()
     tokenizer = load_tokenizer(cfg)
     label_ids = label_token_ids(tokenizer, cfg.task.label_words)
@@ -133,8 +140,7 @@ def prepare_model_and_data(cfg, train) -> Trainee:
         narrow_output_layer(model.get_base_model(), label_ids)
     prompts = tokenize_prompts(tokenizer, cfg, train.examples)
     answers = torch.tensor([label_ids[e["label"]] if over_vocab else e["label"] for e in train.examples])
-    inputs = {"train_config_hash": cfg.train_hash(), "train_data_hash": train.content_hash}
-    return Trainee(model, tokenizer, prompts, answers, params, load_s, inputs)
+    return Trainee(model, tokenizer, prompts, answers, params, load_s, inputs, rss_before)
 
 
 def train_step(cfg, accelerator, model, optimizer, scheduler, trainee: Trainee, idx: list[int], trainable) -> float:
@@ -172,8 +178,8 @@ def stop_requested():
 
 def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: threading.Event) -> tuple[dict, int, float]:
     """Optimizer steps up to train.max_steps (or train.epochs), resuming from the last checkpoint, stopping
-    early (with a checkpoint) when `stop` is set. Returns the loop state, the number of epochs and the
-    runtime (across restarts)."""
+    early (with a checkpoint) when `stop` is set. Returns the loop state, the number of passes over the data
+    begun and the runtime (across restarts)."""
     from transformers import get_scheduler
 
     t = cfg.train
@@ -182,11 +188,15 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
     n_proc, rank = accelerator.num_processes, accelerator.process_index
 
     def epoch_batches(epoch: int) -> list[list[int]]:
-        return global_batches(lengths, t.batch_size, n_proc, t.seed, epoch, t.group_by_length)
+        return global_batches(lengths, BatchRule.of(t, n_proc), t.seed, epoch, t.group_by_length)
 
+    # With a token budget each epoch may cut into a few more or fewer batches: count them all.
     steps_per_epoch = max(1, math.ceil(len(epoch_batches(0)) / t.grad_accum))
-    total_steps = t.max_steps if t.max_steps > 0 else steps_per_epoch * t.epochs
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    if t.max_steps > 0:  # one pass more than epoch 0's count suggests: the loop stops at max_steps
+        total_steps, epochs = t.max_steps, math.ceil(t.max_steps / steps_per_epoch) + 1
+    else:
+        total_steps = sum(max(1, math.ceil(len(epoch_batches(e)) / t.grad_accum)) for e in range(t.epochs))
+        epochs = t.epochs
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -240,7 +250,8 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
         if state["step"] >= total_steps:
             break
     trainee.model = model
-    return state, epochs, time.perf_counter() - t0
+    passes = state["epoch"] + (state["batch"] > 0)  # epochs begun
+    return state, passes, time.perf_counter() - t0
 
 
 def run(cfg, paths: RunPaths) -> dict:
@@ -253,6 +264,10 @@ def run(cfg, paths: RunPaths) -> dict:
         # A requeued job, or slurm/finetune.sh sent again, after the adapter was written: nothing to redo.
         log.info("the adapter in %s is complete and current; not training again", paths.adapter)
         return read_json(paths.train_metrics)
+    return_freed_memory()
+    planned = cfg  # the adapter depends on the config as planned; "auto" left open is chosen now (a GPU)
+    cfg = resolve_in_stage(cfg, "finetune")
+    t = cfg.train
     set_seed(t.seed)
     # cpu=True where there is no GPU: Accelerate then forms a gloo group of the processes a launcher started
     # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself (Accelerate
@@ -262,7 +277,8 @@ def run(cfg, paths: RunPaths) -> dict:
     train = load_split(cfg, "train")
     log.info("train set: %d examples from %s (%d without gold label dropped)",
              len(train.examples), train.source, train.dropped)
-    trainee = prepare_model_and_data(cfg, train)
+    trainee = prepare_model_and_data(cfg, train, {"train_config_hash": planned.train_hash(),
+                                                  "train_data_hash": train.content_hash})
     with stop_requested() as stop:
         state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, stop)
     losses = state["losses"]
@@ -275,16 +291,20 @@ def run(cfg, paths: RunPaths) -> dict:
         "examples_per_s": state["seen"] / runtime, "tokens_per_s": state["tokens"] / runtime,
         "final_loss": losses[-1]["loss"] if losses else None,
         "best_loss": min(r["loss"] for r in losses) if losses else None,
-        "loss_curve": losses, "parameters": trainee.params, "memory": peak_memory(),
+        "loss_curve": losses, "parameters": trainee.params,
+        "memory": peak_memory(trainee.rss_before_model_mb), "memory_estimate": planned_estimate(paths, "finetune"),
         "device": device_name(), "dtype": dtype_name(stage_dtype(cfg.model.dtype, "train")),
         "num_processes": accelerator.num_processes,
         "nodes": accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)),
-        "per_process_batch_size": t.batch_size,
-        "effective_batch_size": t.batch_size * t.grad_accum * accelerator.num_processes,
+        "batch": BatchRule.of(t).describe(), "batch_tokens": t.batch_tokens,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "per_process_batch_size": t.batch_size if t.batch_tokens is None else None,
+        "effective_batch_size": state["seen"] / max(1, state["step"]),  # pairs per optimizer step
         "inputs": trainee.inputs,
     }
     if accelerator.is_main_process:
         accelerator.unwrap_model(trainee.model).save_pretrained(paths.adapter, safe_serialization=True)
+        follow_umask(paths.adapter)
         metrics["adapter_bytes"] = sum(f.stat().st_size for f in paths.adapter.rglob("*") if f.is_file())
         write_json(paths.train_metrics, metrics)
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the final adapter supersedes them

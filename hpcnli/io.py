@@ -38,6 +38,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def follow_umask(directory: Path) -> None:
+    """Give the files a library wrote in `directory` the umask's modes (safetensors writes them 0600)."""
+    for f in Path(directory).rglob("*"):
+        if f.is_file():
+            f.chmod(0o666 & ~_umask())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def run(cfg, paths: RunPaths) -> dict:
         raise IncompleteRun(f"{len(rep['problems'])} problem(s) (shards missing or invalid, or stale inputs), {rep['missing_examples']} "
                             "example predictions missing:\n" + "\n".join(lines) +
                             f"\nComplete the run with: python -m hpcnli.submit --resume {paths.run_dir}")
+    shutil.rmtree(paths.eval_weights_root, ignore_errors=True)  # every shard is in: the weights are not needed again
     log.info("report: %s", paths.report_md)
     return rep
 

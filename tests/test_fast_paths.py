@@ -15,6 +15,7 @@ from hpcnli.finetune import _batches
 from hpcnli.model import loading
 from hpcnli.scoring import engine
 from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
+from hpcnli.scoring.batching import BatchRule
 from hpcnli.scoring.engine import predict
 
 needs_snli = pytest.mark.skipif(not (SNLI / "test.jsonl").is_file(), reason="../shared/snli not present")
@@ -158,13 +159,13 @@ def test_narrowed_output_layer_gives_the_label_word_logits():
 
 def test_length_grouped_batches_cover_every_example_once_and_repeat():
     lengths = [(i * 37) % 50 + 5 for i in range(1000)]
-    batches = _batches(lengths, 16, seed=3, epoch=1, by_length=True)
+    batches = _batches(lengths, BatchRule(rows=16), seed=3, epoch=1, by_length=True)
     assert sorted(i for b in batches for i in b) == list(range(1000))
-    assert batches == _batches(lengths, 16, seed=3, epoch=1, by_length=True)
-    assert batches != _batches(lengths, 16, seed=3, epoch=2, by_length=True)
+    assert batches == _batches(lengths, BatchRule(rows=16), seed=3, epoch=1, by_length=True)
+    assert batches != _batches(lengths, BatchRule(rows=16), seed=3, epoch=2, by_length=True)
     # Grouping cuts padding: the summed batch widths shrink against random batches.
     width = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
-    assert width(batches) < 0.8 * width(_batches(lengths, 16, seed=3, epoch=1, by_length=False))
+    assert width(batches) < 0.8 * width(_batches(lengths, BatchRule(rows=16), seed=3, epoch=1, by_length=False))
 
 
 def test_top_layers_adapt_only_the_top_layers_and_backward_stops_there():

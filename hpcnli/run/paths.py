@@ -28,6 +28,11 @@ class RunPaths:
         return self.run_dir / "plan.json"
 
     @property
+    def memory_plan(self) -> Path:
+        """Each stage's estimated peak memory and the budgets chosen from it (run.memory_plan)."""
+        return self.run_dir / "memory_plan.json"
+
+    @property
     def provenance(self) -> Path:
         return self.run_dir / "provenance.json"
 
@@ -71,6 +76,19 @@ class RunPaths:
     def complete_checkpoints(self) -> list[Path]:
         """Checkpoints whose writing finished (they hold a COMPLETE marker), oldest first."""
         return sorted(marker.parent for marker in self.checkpoints.glob("step_*/COMPLETE"))
+
+    @property
+    def eval_weights_root(self) -> Path:
+        """The models the shards score with, written once per run (deleted once the report is complete)."""
+        return self.run_dir / "eval_weights"
+
+    def eval_weights(self, model: str) -> Path:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        return self.eval_weights_root / model
+
+    def eval_weights_lock(self, model: str) -> Path:
+        return self.eval_weights_root / f".{model}.lock"
 
     @property
     def train_metrics(self) -> Path:

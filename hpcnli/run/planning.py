@@ -18,12 +18,11 @@ from hpcnli.config import RunConfig, save_config
 from hpcnli.data.nli import load_split
 from hpcnli.errors import UserFacingError
 from hpcnli.io import read_json, write_json
-from hpcnli.model.errors import ModelError
-from hpcnli.model.loading import (check_target_modules, check_top_layers, load_tokenizer, not_found_message,
-                                  resolve_model)
+from hpcnli.model.loading import check_target_modules, check_top_layers, load_tokenizer, model_config
+from hpcnli.run.memory_plan import plan_memory
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.state import test_set_changed
-from hpcnli.scoring.prompts import format_prompt, label_token_ids
+from hpcnli.scoring.prompts import format_prompt, label_token_ids, tokenize_prompts
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +45,33 @@ def check_prompt_length(tokenizer, cfg: RunConfig) -> None:
                         f"use at least {template + 4 * MIN_PAIR_TOKENS}")
 
 
-def check_model(cfg: RunConfig) -> None:
-    """Tokenizer, label words and LoRA targets, checked on an empty (meta-device) model."""
+def check_model(cfg: RunConfig):
+    """Tokenizer, label words and LoRA targets, checked on an empty (meta-device) model; returns the
+    tokenizer and the model's configuration."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(cfg)
     label_token_ids(tokenizer, cfg.task.label_words)
     check_prompt_length(tokenizer, cfg)
-    where, kwargs = resolve_model(cfg.model)
-    try:
-        model_config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelError(not_found_message(where, e)) from None
+    config = model_config(cfg)
     with init_empty_weights():
-        empty = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+        empty = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     check_target_modules(empty, cfg.lora.target_modules)
-    check_top_layers(model_config, cfg.lora.top_layers)
+    check_top_layers(config, cfg.lora.top_layers)
+    return tokenizer, config
+
+
+# Above this many pairs the plan takes task.max_length as the longest prompt instead of tokenizing them all.
+LONGEST_SCAN_LIMIT = 200_000
+
+
+def longest_prompt(tokenizer, cfg: RunConfig, *splits) -> int:
+    """The longest prompt of the run in tokens (what a fixed batch_size can hold at worst)."""
+    examples = [e for split in splits for e in split.examples]
+    if len(examples) > LONGEST_SCAN_LIMIT or not examples:
+        return cfg.task.max_length
+    return max(map(len, tokenize_prompts(tokenizer, cfg, examples)))
 
 
 def provenance() -> dict:
@@ -92,14 +101,17 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     if cfg.eval.num_shards > len(test.examples):
         raise PlanError(f"eval.num_shards: {cfg.eval.num_shards} shards for {len(test.examples)} test examples; "
                         f"use at most {len(test.examples)}")
-    step = cfg.train.batch_size * cfg.resources.train_processes
-    if len(train.examples) < step:
-        raise PlanError(f"train.batch_size: {cfg.resources.train_processes} training processes x batch "
-                        f"{cfg.train.batch_size} = {step} pairs per step, but data.train has {len(train.examples)}; "
-                        "lower train.batch_size or the processes")
+    processes = cfg.resources.train_processes
+    if cfg.train.batch_tokens is None and len(train.examples) < cfg.train.batch_size * processes:
+        raise PlanError(f"train.batch_size: {processes} training processes x batch {cfg.train.batch_size} = "
+                        f"{cfg.train.batch_size * processes} pairs per step, but data.train has "
+                        f"{len(train.examples)}; lower train.batch_size or the processes")
+    if len(train.examples) < processes:
+        raise PlanError(f"data.train: {len(train.examples)} pairs for {processes} training processes; each needs one")
     if len({e["id"] for e in test.examples}) != len(test.examples):
         raise PlanError(f"data.test: {test.source} has duplicated example ids")
-    check_model(cfg)
+    tokenizer, config = check_model(cfg)
+    cfg, memory = plan_memory(cfg, config, longest_prompt(tokenizer, cfg, train, test))
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
@@ -111,6 +123,7 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     save_config(cfg, paths.config)
     # The results index belongs to output_root: a run elsewhere (--run-dir) leaves its directory's files alone.
     root = Path(cfg.output_root).resolve()
+    write_json(paths.memory_plan, memory)
     write_json(paths.provenance, {**provenance(), "output_root": str(root) if paths.run_dir.parent == root else None})
     write_json(paths.test_manifest, {"source": test.source, "examples": len(test.examples), "dropped": test.dropped,
                                      "ids_hash": test.ids_hash, "content_hash": test.content_hash,

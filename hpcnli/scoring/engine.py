@@ -11,6 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from hpcnli.scoring.batching import BatchRule
 from hpcnli.scoring.prompts import format_prompt, label_token_ids, pad_left, tokenize_prompts
 
 log = logging.getLogger(__name__)
@@ -43,43 +44,44 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def shared_prefix_logits(model, prompts: list[list[int]], groups: list[tuple[list[int], int]], pad_id: int,
-                         batch_size: int):
+                         rule: BatchRule):
     """Answer-position logits of every row of `groups`, each group's prefix run once: yields (rows, logits).
 
-    The groups' prefixes run in batches of batch_size (groups sorted by prefix length, so little
-    padding); their key/value states are kept, left-padded to one width. Then all the rows, sorted by
-    the length of what is left of their prompts, run in batches of batch_size, each on a cache gathered
-    from its rows' groups. Left padding sits before each prefix and before each rest, so explicit
-    position ids keep every real token at the position it has in its whole prompt.
+    The groups' prefixes run in batches of `rule` (groups sorted by prefix length, so little padding);
+    their key/value states are kept, left-padded to one width. Then all the rows, sorted by the length
+    of what is left of their prompts, run in batches of `rule`, each on a cache gathered from its rows'
+    groups (a row's width is its group's prefix plus its rest). Left padding sits before each prefix and
+    before each rest, so explicit position ids keep every real token at the position it has in its whole prompt.
     """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    groups_kv, pre_mask = _prefix_states(model, [prompts[rows[0]][:n] for rows, n in groups], pad_id, batch_size)
+    groups_kv, pre_mask = _prefix_states(model, [prompts[rows[0]][:n] for rows, n in groups], pad_id, rule)
     pre_len = pre_mask.sum(-1)
-    rows = sorted(((i, g) for g, (rs, n) in enumerate(groups) for i in rs),
-                  key=lambda row: len(prompts[row[0]]) - groups[row[1]][1])
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        owner = torch.tensor([g for _, g in batch], device=device)
+    owner_of = {i: g for g, (rs, n) in enumerate(groups) for i in rs}
+    widths = {i: (groups[g][1], len(prompts[i]) - groups[g][1]) for i, g in owner_of.items()}
+    order = sorted(owner_of, key=lambda i: widths[i][1])
+    for batch in rule.cut(order, widths):
+        owner = torch.tensor([owner_of[i] for i in batch], device=device)
         width = int(pre_len[owner].max())  # prefixes are right-aligned: their last `width` columns hold them all
         cache = DynamicCache(ddp_cache_data=[(k[owner, :, -width:], v[owner, :, -width:]) for k, v in groups_kv],
                              config=model.config)
-        rest_ids, rest_mask = pad_left([prompts[i][groups[g][1]:] for i, g in batch], pad_id)
+        rest_ids, rest_mask = pad_left([prompts[i][widths[i][0]:] for i in batch], pad_id)
         rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
         out = model(input_ids=rest_ids, attention_mask=torch.cat([pre_mask[owner, -width:], rest_mask], dim=1),
                     position_ids=pre_len[owner, None] + _positions(rest_mask), cache=cache, use_cache=True,
                     logits_to_keep=1)
-        yield [i for i, _ in batch], out.logits[:, -1, :]
+        yield batch, out.logits[:, -1, :]
 
 
-def _prefix_states(model, prefixes: list[list[int]], pad_id: int, batch_size: int):
-    """Key/value states of `prefixes` (in batches), per layer [prefix, head, width, dim], left-padded; and their mask."""
+def _prefix_states(model, prefixes: list[list[int]], pad_id: int, rule: BatchRule):
+    """Key/value states of `prefixes` (in batches of `rule`, in the given order, which is sorted by length),
+    per layer [prefix, head, width, dim], left-padded; and their mask."""
     device = next(model.parameters()).device
     width = max(map(len, prefixes))
     per_batch, masks = [], []
-    for start in range(0, len(prefixes), batch_size):
-        ids, mask = pad_left(prefixes[start:start + batch_size], pad_id)
+    for rows in rule.cut(list(range(len(prefixes))), [len(p) for p in prefixes]):
+        ids, mask = pad_left([prefixes[i] for i in rows], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         cache = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
                       logits_to_keep=1).cache
@@ -125,24 +127,28 @@ def predict_with_pipeline(model, tokenizer, cfg, examples: list[dict]) -> list[d
     return rows
 
 
-# Groups whose prefix states are held at once, in batches: more sorts rows better (less padding), costs memory.
+# Groups whose prefix states are held at once, in batches: more sorts rows better (less padding), costs memory
+# (hpcnli.model.footprint counts these caches).
 PREFIX_CHUNK_BATCHES = 8
 
 
-def _prefix_chunks(examples: list[dict], prompts: list[list[int]], size: int) -> list[list[tuple[list[int], int]]]:
-    """Premise groups sorted by shared length, `size` groups to a chunk (whose prefix states are kept together)."""
+def _prefix_chunks(examples: list[dict], prompts: list[list[int]], rule: BatchRule) -> list[list[tuple[list[int], int]]]:
+    """Premise groups sorted by shared length, PREFIX_CHUNK_BATCHES batches' worth of groups to a chunk
+    (whose prefix states are kept together)."""
     groups = sorted(shared_prefixes([e["premise"].strip() for e in examples], prompts), key=lambda g: g[1])
-    return [groups[i:i + size] for i in range(0, len(groups), size)]
+    chunks = rule.times(PREFIX_CHUNK_BATCHES).cut(list(range(len(groups))), [n for _, n in groups])
+    return [[groups[g] for g in chunk] for chunk in chunks]
 
 
-def _whole_prompt_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+def _whole_prompt_batches(prompts: list[list[int]], rule: BatchRule) -> list[list[int]]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return rule.cut(order, [len(p) for p in prompts])
 
 
 @torch.inference_mode()
 def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
-    """Label-word scoring in length-sorted batches; rows come back in the examples' order.
+    """Label-word scoring in length-sorted batches (eval.batch_size pairs, or eval.batch_tokens tokens);
+    rows come back in the examples' order.
 
     With eval.share_prefix, pairs that share a premise run the common start of their prompts once.
     """
@@ -150,16 +156,16 @@ def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
         return predict_with_pipeline(model, tokenizer, cfg, examples)
     label_ids = torch.tensor(label_token_ids(tokenizer, cfg.task.label_words))
     prompts = tokenize_prompts(tokenizer, cfg, examples)
-    bs, pad_id = cfg.eval.batch_size, tokenizer.pad_token_id
+    rule, pad_id = BatchRule.of(cfg.eval), tokenizer.pad_token_id
     device = next(model.parameters()).device
     shared = cfg.eval.share_prefix and all(len(p) > 1 for p in prompts)
 
     def batches():  # (rows, answer-position logits), batch after batch
         if shared:
-            for chunk in _prefix_chunks(examples, prompts, bs * PREFIX_CHUNK_BATCHES):
-                yield from shared_prefix_logits(model, prompts, chunk, pad_id, bs)
+            for chunk in _prefix_chunks(examples, prompts, rule):
+                yield from shared_prefix_logits(model, prompts, chunk, pad_id, rule)
         else:
-            for rows in _whole_prompt_batches(prompts, bs):
+            for rows in _whole_prompt_batches(prompts, rule):
                 input_ids, mask = pad_left([prompts[i] for i in rows], pad_id)
                 yield rows, answer_logits(model, input_ids.to(device), mask.to(device))
 

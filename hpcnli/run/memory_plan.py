@@ -1,0 +1,173 @@
+"""The memory plan: each stage's estimated peak before anything is queued; "auto" batches and gradient
+checkpointing chosen from it; a run that would not fit refused with the knob to turn.
+
+The ceiling a stage may use is `resources.gpu_mem_gb` on a GPU; on a CPU it is `resources.mem_gb` (what
+Slurm holds the job to) less what the process needs before any model is loaded. Where a GPU's ceiling
+is not given, the plan cannot check it and "auto" is chosen in the stage, from the free memory of the
+GPU it finds (`resolve_in_stage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from hpcnli.config import RunConfig
+from hpcnli.errors import UserFacingError
+from hpcnli.io import read_json
+from hpcnli.model.footprint import GiB, describe, eval_parts, largest_budget, model_shape, total, train_parts
+from hpcnli.model.loading import model_config
+
+log = logging.getLogger(__name__)
+
+AUTO_TOKENS_CAP = 16384  # an "auto" budget stops here: beyond it a batch is no faster per token on an H200
+CPU_PROCESS_BYTES = 1 * GiB  # the interpreter, torch and its libraries, the data: resident before any model
+GPU_FREE_SHARE = 0.85  # of a GPU's free memory, for "auto" in the stage when resources.gpu_mem_gb is not given
+
+
+class MemoryPlanError(UserFacingError, ValueError):
+    """A stage would not fit its memory; the message names the knob to turn."""
+
+
+def ceiling(cfg: RunConfig) -> tuple[float | None, str]:
+    """The bytes a stage may use and the key that sets them (None where the plan cannot know)."""
+    r = cfg.resources
+    if r.gpus_per_node > 0:
+        return (r.gpu_mem_gb * GiB if r.gpu_mem_gb else None), "resources.gpu_mem_gb"
+    return r.mem_gb * GiB - CPU_PROCESS_BYTES, "resources.mem_gb"
+
+
+def _resolve_train(cfg: RunConfig, shape, limit: float, longest: int) -> RunConfig:
+    t = cfg.train
+    ckpt_options = (False, True) if t.gradient_checkpointing == "auto" else (bool(t.gradient_checkpointing),)
+    for ckpt in ckpt_options:
+        if t.batch_tokens == "auto":
+            budget = largest_budget(lambda n: train_parts(cfg, shape, n, ckpt), limit, cfg.task.max_length,
+                                    AUTO_TOKENS_CAP)
+            if budget is not None:
+                return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_tokens=budget,
+                                                                          gradient_checkpointing=ckpt))
+        elif total(train_parts(cfg, shape, train_tokens(cfg, longest), ckpt)) <= limit or ckpt == ckpt_options[-1]:
+            return dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_checkpointing=ckpt))
+    return cfg  # nothing fits; check() says so
+
+
+def _resolve_eval(cfg: RunConfig, shape, limit: float) -> RunConfig:
+    if cfg.eval.batch_tokens != "auto":
+        return cfg
+    budget = largest_budget(lambda n: eval_parts(cfg, shape, n), limit, cfg.task.max_length, AUTO_TOKENS_CAP)
+    return cfg if budget is None else dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_tokens=budget))
+
+
+def train_tokens(cfg: RunConfig, longest: int) -> int:
+    """The most padded tokens one process's micro-batch holds: the budget, or batch_size of the longest prompts."""
+    t = cfg.train
+    return t.batch_tokens if isinstance(t.batch_tokens, int) else t.batch_size * longest
+
+
+def eval_tokens(cfg: RunConfig, longest: int) -> int:
+    e = cfg.eval
+    return e.batch_tokens if isinstance(e.batch_tokens, int) else e.batch_size * longest
+
+
+def resolve(cfg: RunConfig, shape, limit: float | None, longest: int) -> RunConfig:
+    """The config with "auto" batch_tokens and gradient_checkpointing replaced by what fits `limit` bytes
+    (left "auto" when the limit is unknown: the stage chooses)."""
+    if limit is None:
+        return cfg
+    return _resolve_eval(_resolve_train(cfg, shape, limit, longest), shape, limit)
+
+
+def stage_estimates(cfg: RunConfig, shape, longest: int) -> dict:
+    """Each stage's estimated peak, in parts (bytes), for the resolved config; {} for a stage still "auto"."""
+    out = {}
+    t = cfg.train
+    if t.batch_tokens != "auto" and t.gradient_checkpointing != "auto":
+        tokens = train_tokens(cfg, longest)
+        out["finetune"] = {"tokens_per_batch": tokens, "gradient_checkpointing": bool(t.gradient_checkpointing),
+                           "parts": train_parts(cfg, shape, tokens, bool(t.gradient_checkpointing))}
+    if cfg.eval.batch_tokens != "auto":
+        tokens = eval_tokens(cfg, longest)
+        out["eval"] = {"tokens_per_batch": tokens, "parts": eval_parts(cfg, shape, tokens)}
+    for est in out.values():
+        est["total_bytes"] = total(est["parts"])
+    return out
+
+
+def check(cfg: RunConfig, estimates: dict, limit: float | None, key: str) -> None:
+    """Refuse a plan whose stage would not fit, naming what to change."""
+    if limit is None:
+        return
+    for stage, est in estimates.items():
+        if est["total_bytes"] <= limit:
+            continue
+        knobs = ("train.batch_tokens (or train.batch_size), train.gradient_checkpointing: true or auto, lora.r"
+                 if stage == "finetune" else "eval.batch_tokens (or eval.batch_size), eval.share_prefix: false")
+        raise MemoryPlanError(
+            f"{key}: the {stage} stage needs about {est['total_bytes'] / GiB:.1f} GiB ({describe(est['parts'])}, "
+            f"batches of {est['tokens_per_batch']} tokens), over the {limit / GiB:.1f} GiB it may use; lower "
+            f"{knobs}, or task.max_length, or raise {key}")
+    for stage in ("finetune", "eval"):
+        if stage not in estimates:
+            raise MemoryPlanError(f"{key}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
+                                  f"the {stage} stage in {limit / GiB:.1f} GiB; raise {key} or lower task.max_length")
+
+
+def plan_memory(cfg: RunConfig, model_config, longest: int) -> tuple[RunConfig, dict]:
+    """Resolve "auto", estimate each stage, refuse what does not fit: (resolved config, memory plan)."""
+    shape = model_shape(cfg, model_config)
+    limit, key = ceiling(cfg)
+    resolved = resolve(cfg, shape, limit, longest)
+    estimates = stage_estimates(resolved, shape, longest)
+    check(resolved, estimates, limit, key)
+    return resolved, {"ceiling_bytes": limit, "ceiling_key": key, "longest_prompt": longest,
+                      "stages": estimates, "shape": dataclasses.asdict(shape)}
+
+
+def lines(memory: dict) -> list[str]:
+    """The plan, as submit prints it."""
+    limit = memory["ceiling_bytes"]
+    head = (f"memory plan (each stage's estimated peak; may use {limit / GiB:.1f} GiB, {memory['ceiling_key']}):"
+            if limit is not None else f"memory plan (no ceiling: {memory['ceiling_key']} is not set):")
+    out = [head]
+    for stage in ("finetune", "eval"):
+        est = memory["stages"].get(stage)
+        if est is None:
+            out.append(f"  {stage}: batch chosen in the stage, from {GPU_FREE_SHARE:.0%} of the GPU's free memory")
+            continue
+        ckpt = f", gradient checkpointing {'on' if est['gradient_checkpointing'] else 'off'}" \
+            if stage == "finetune" else ""
+        out.append(f"  {stage}: batches of <= {est['tokens_per_batch']} tokens{ckpt}: {describe(est['parts'])}")
+    return out
+
+
+def planned_estimate(paths, stage: str) -> dict | None:
+    """A stage's estimate from the run's memory plan (for its metrics, beside the measured peak), or None."""
+    if not paths.memory_plan.is_file():
+        return None
+    return read_json(paths.memory_plan)["stages"].get(stage)
+
+
+def resolve_in_stage(cfg: RunConfig, stage: str) -> RunConfig:
+    """A stage's config with what the plan left "auto" (a GPU without resources.gpu_mem_gb) chosen now,
+    from the free memory of this process's GPU."""
+    t = cfg.train
+    unresolved = (t.batch_tokens == "auto" or t.gradient_checkpointing == "auto") if stage == "finetune" \
+        else cfg.eval.batch_tokens == "auto"
+    if not unresolved:
+        return cfg
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MemoryPlanError(f"{stage}: batch_tokens or gradient_checkpointing is 'auto' but the plan left it "
+                              "open and there is no GPU to size it from; plan the run again")
+    free, _ = torch.cuda.mem_get_info()
+    resolved = resolve(cfg, model_shape(cfg, model_config(cfg)), free * GPU_FREE_SHARE, cfg.task.max_length)
+    if stage in ("finetune" if "auto" in (resolved.train.batch_tokens, resolved.train.gradient_checkpointing) else (),
+                 "eval" if resolved.eval.batch_tokens == "auto" else ()):
+        raise MemoryPlanError(f"{stage}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
+                              f"{GPU_FREE_SHARE:.0%} of the {free / GiB:.1f} GiB free on this GPU")
+    log.info("%s: chose from %.1f GiB free on the GPU: train batch_tokens %s, gradient checkpointing %s, eval "
+             "batch_tokens %s", stage, free / GiB, resolved.train.batch_tokens, resolved.train.gradient_checkpointing,
+             resolved.eval.batch_tokens)
+    return resolved
