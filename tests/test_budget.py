@@ -182,7 +182,7 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak(tmp_path):
     """Each stage's estimate (planned from the model's configuration alone) against the resident peak of its
     work on this CPU: the peak since the model was loaded, less the process before it."""
     run_cli("hpcnli.submit", "--config", DEFAULT, "--executor", "local", "--run-dir", tmp_path / "run",
-            "data.synthetic_train_size=240", "data.synthetic_test_size=80", "train.max_steps=3",
+            "data.synthetic_train_size=240", "data.synthetic_test_size=480", "train.max_steps=3",
             "train.batch_tokens=2048", "eval.batch_tokens=2048", "eval.num_shards=1")
     paths = RunPaths(tmp_path / "run")
     checked = []

@@ -48,7 +48,6 @@ class ModelShape:
     output_layer: int  # parameters of the output layer when it is not tied to the input embedding, else 0
     lora: int  # LoRA parameters
     saved_per_token: float  # bytes autograd keeps per training token, from a meta forward pass
-    quantized_input_copies: int  # elements per token of the inputs 4-bit matmuls keep in the compute dtype
 
     @property
     def total_parameters(self) -> int:
@@ -122,11 +121,6 @@ def model_shape(cfg, model_config) -> ModelShape:
     quantizable = sum(m.weight.numel() for m in linears)
     total = sum(p.numel() for p in model.parameters())
     output_layer = 0 if out is None or tied else out.weight.numel() + (out.bias.numel() if out.bias is not None else 0)
-    compute = stage_dtype(cfg.model.dtype if cfg.quantization.compute_dtype == "auto" else cfg.quantization.compute_dtype,
-                          "train")
-    copies = 0
-    if q4 and compute != torch.float32:  # each 4-bit matmul keeps its input cast to the compute dtype
-        copies = sum(m.in_features for m in linears) // model_config.num_hidden_layers
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.task.scoring != "head" and cfg.train.loss == "labels":  # finetune narrows the output layer to 3 rows
@@ -149,7 +143,7 @@ def model_shape(cfg, model_config) -> ModelShape:
         intermediate=getattr(model_config, "intermediate_size", 4 * model_config.hidden_size), heads=heads,
         kv_elements=2 * kv_heads * head_dim, vocab=model_config.vocab_size, quantizable=quantizable,
         largest_linear=max((m.weight.numel() for m in linears), default=0), other=total - quantizable,
-        output_layer=output_layer, lora=n_lora, saved_per_token=saved, quantized_input_copies=copies)
+        output_layer=output_layer, lora=n_lora, saved_per_token=saved)
 
 
 def _bytes(dtype: torch.dtype) -> int:
@@ -168,14 +162,13 @@ def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool) -> dic
         compute = _bytes(stage_dtype(cfg.model.dtype if q.compute_dtype == "auto" else q.compute_dtype, "train"))
         weights = shape.quantizable * NF4_BYTES[q.double_quant] + other * 4
         dequantized = 2 * shape.largest_linear * compute
-        copies = tokens * shape.quantized_input_copies * compute * shape.layers
     else:
-        weights, dequantized, copies = (shape.quantizable + other) * e, 0, 0
+        weights, dequantized = (shape.quantizable + other) * e, 0
     per_layer = shape.saved_per_token / shape.layers
     if checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
-        act = tokens * (shape.layers * shape.hidden * 4 + per_layer) + copies / shape.layers
+        act = tokens * (shape.layers * shape.hidden * 4 + per_layer)
     else:
-        act = tokens * shape.saved_per_token + copies
+        act = tokens * shape.saved_per_token
     logits = 0 if narrowed else 2 * (tokens // 16 + 1) * shape.vocab * 4  # float32, answer position only
     return {"weights": weights, "lora_and_optimizer": shape.lora * ADAMW_STATE_BYTES, "activations": act,
             "backward": 2 * tokens * per_layer + dequantized, "logits": logits}

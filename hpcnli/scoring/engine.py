@@ -76,21 +76,26 @@ def shared_prefix_logits(model, prompts: list[list[int]], groups: list[tuple[lis
 
 def _prefix_states(model, prefixes: list[list[int]], pad_id: int, rule: BatchRule):
     """Key/value states of `prefixes` (in batches of `rule`, in the given order, which is sorted by length),
-    per layer [prefix, head, width, dim], left-padded; and their mask."""
+    per layer [prefix, head, width, dim], left-padded; and their mask. Each batch's states are copied into
+    tensors allocated once, so the chunk's caches are held once (not twice, as concatenating them would)."""
     device = next(model.parameters()).device
     width = max(map(len, prefixes))
-    per_batch, masks = [], []
+    layers, mask_all, start = None, torch.zeros(len(prefixes), width, dtype=torch.long, device=device), 0
     for rows in rule.cut(list(range(len(prefixes))), [len(p) for p in prefixes]):
         ids, mask = pad_left([prefixes[i] for i in rows], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         cache = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
                       logits_to_keep=1).cache
-        pad = width - mask.shape[1]
-        per_batch.append([(F.pad(k, (0, 0, pad, 0)), F.pad(v, (0, 0, pad, 0))) for k, v, *_ in cache])
-        masks.append(F.pad(mask, (pad, 0)))
-    layers = [(torch.cat([b[layer][0] for b in per_batch]), torch.cat([b[layer][1] for b in per_batch]))
-              for layer in range(len(per_batch[0]))]
-    return layers, torch.cat(masks)
+        if layers is None:
+            layers = [tuple(x.new_zeros((len(prefixes), x.shape[1], width, x.shape[3])) for x in (k, v))
+                      for k, v, *_ in cache]
+        end, w = start + len(rows), mask.shape[1]
+        for (k_all, v_all), (k, v, *_) in zip(layers, cache):
+            k_all[start:end, :, width - w:] = k
+            v_all[start:end, :, width - w:] = v
+        mask_all[start:end, width - w:] = mask
+        start = end
+    return layers, mask_all
 
 
 def training_logits(model, cfg, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
