@@ -90,6 +90,17 @@ def profile_predict(model, tokenizer, cfg, examples) -> None:
           f"{mm_us / 1e6:.1f} s = {mm_flops / mm_us / 1e3:.0f} GFLOP/s")
 
 
+def matching_budget(cfg, prompt_ids: list[list[int]]) -> int:
+    """The token budget whose batches hold, on average, as many pairs as eval.batch_size: the mean padded
+    tokens of the fixed-count batches over these prompts (length-sorted), at least task.max_length."""
+    from hpcnli.scoring.batching import BatchRule, batch_tokens
+
+    lengths = [len(p) for p in prompt_ids]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches = BatchRule(rows=cfg.eval.batch_size).cut(order, lengths)
+    return max(cfg.task.max_length, round(sum(batch_tokens(b, lengths) for b in batches) / len(batches)))
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -197,6 +208,10 @@ def parse_args(argv=None):
                              "with that many CPUs (default: the CPUs here, %(default)s; 1 leaves the row out)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of all rows, interleaved; each row reports its fastest round (default: %(default)s)")
+    parser.add_argument("--batch-tokens", type=int,
+                        help="a row of the default path by token budget (eval.batch_tokens); default: the mean padded "
+                             "tokens of the config's eval.batch_size batches over these examples, so both rows make about "
+                             "as many batches")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the default path once (torch.profiler) instead of the table")
     parser.add_argument("--lm-eval", metavar="BIN",
@@ -299,12 +314,15 @@ def main(argv=None) -> None:
         scoring = [(f"{name}: scoring loop", harness["scoring_s"], harness["preds"])] if harness["scoring_s"] else []
         return scoring + [(f"{name}: whole subprocess (start-up, model load, scoring)", harness["wall_s"], harness["preds"])]
 
+    budget = args.batch_tokens or matching_budget(cfg, prompts.tokenize_prompts(tokenizer, cfg, examples))
     runners = [per_example,
                batched(f"batched, 4-bit NF4{', adapter unmerged' if args.adapter else ''} (eval.weights=4bit)",
                        ["eval.weights=4bit"]),
                batched(f"batched, dequantized to {dtype}{adapter}, whole prompts (eval.share_prefix=false)",
                        ["eval.share_prefix=false"]),
                batched(default, []),
+               batched(f"the default, in batches of <= {budget} tokens (eval.batch_tokens={budget}) instead of "
+                       f"{cfg.eval.batch_size} pairs", [f"eval.batch_tokens={budget}"]),
                batched(f"batched, dequantized to {other}{adapter}, premise run once per group (model.dtype={other})",
                        [f"model.dtype={other}", f"quantization.compute_dtype={other}"])]
     if args.shards > 1:

@@ -8,7 +8,9 @@ prompt, LoRA dropout 0.05, loss over the whole vocabulary, random batches) until
 --config; a last row also restricts LoRA to the top layers. Prints examples/s after the first
 --warmup steps (and over all steps), prompt tokens/s and the speed-up over the first row.
 --dtypes instead runs the config's recipe in float32, with bfloat16 4-bit compute, and all in bfloat16;
---processes runs it as 1 process with 2 threads and as 2 data-parallel processes with 1 thread each.
+--processes runs it as 1 process with 2 threads and as 2 data-parallel processes with 1 thread each;
+--batches runs it in batches of train.batch_size pairs and in batches of a token budget that holds as
+many pairs on average (train.batch_tokens).
 """
 
 from __future__ import annotations
@@ -69,8 +71,28 @@ def steady_rate(loss_curve: list[dict], warmup: int) -> float:
     return (end["examples_seen"] - start["examples_seen"]) / (end["elapsed_s"] - start["elapsed_s"])
 
 
-def recipe_rows(dtypes: bool) -> list[tuple[str, list[str]]]:
-    """(label, overrides) of each in-process row: the config's recipe in each dtype, or the recipe steps."""
+def token_budget_rows(config: str) -> list[tuple[str, list[str]]]:
+    """The config's recipe in batches of batch_size pairs, and in batches of the token budget that holds as
+    many pairs on average: the mean padded tokens of the pair-count batches over one epoch of the config's
+    training pairs, as finetune cuts them."""
+    from hpcnli.data.nli import load_split
+    from hpcnli.model.loading import load_tokenizer
+    from hpcnli.scoring.batching import BatchRule, batch_tokens, global_batches
+    from hpcnli.scoring.prompts import tokenize_prompts
+
+    cfg = load_config(config)
+    lengths = [len(p) for p in tokenize_prompts(load_tokenizer(cfg), cfg, load_split(cfg, "train").examples)]
+    batches = global_batches(lengths, BatchRule.of(cfg.train), cfg.train.seed, 0, cfg.train.group_by_length)
+    budget = max(cfg.task.max_length, round(sum(batch_tokens(b, lengths) for b in batches) / len(batches)))
+    return [(f"config's recipe, batches of {cfg.train.batch_size} pairs", []),
+            (f"config's recipe, batches of <= {budget} tokens (train.batch_tokens={budget})",
+             [f"train.batch_tokens={budget}"])]
+
+
+def recipe_rows(dtypes: bool, batches: bool, config: str) -> list[tuple[str, list[str]]]:
+    """(label, overrides) of each in-process row: the config's recipe in each dtype or batching, or the recipe steps."""
+    if batches:
+        return token_budget_rows(config)
     if dtypes:
         return [(label, [f"model.dtype={w}", f"quantization.compute_dtype={c}"]) for label, (w, c) in DTYPE_ROWS]
     rows, kept = [], list(FIRST_RECIPE)
@@ -88,6 +110,8 @@ def main(argv=None) -> None:
                         help="first steps of each row left out of examples/s (default: %(default)s)")
     parser.add_argument("--dtypes", action="store_true",
                         help="rows of the config's recipe in float32 and bfloat16 instead of the recipe steps")
+    parser.add_argument("--batches", action="store_true",
+                        help="rows of batch_size pairs against a token budget holding as many pairs on average")
     parser.add_argument("--processes", action="store_true",
                         help="rows of 1 process x 2 threads against 2 processes x 1 thread, same global batch")
     args = parser.parse_args(argv)
@@ -106,7 +130,7 @@ def main(argv=None) -> None:
         if args.processes:
             for i, (label, processes, threads) in enumerate(PROCESS_ROWS):
                 add(label, run_processes(args.config, fixed, processes, threads, Path(tmp) / f"row{i}"))
-        for i, (label, row_overrides) in enumerate([] if args.processes else recipe_rows(args.dtypes)):
+        for i, (label, row_overrides) in enumerate([] if args.processes else recipe_rows(args.dtypes, args.batches, args.config)):
             paths = RunPaths(Path(tmp) / f"row{i}")
             paths.run_dir.mkdir()
             add(label, finetune.run(load_config(args.config, row_overrides + fixed), paths))
@@ -115,10 +139,11 @@ def main(argv=None) -> None:
     first = rows[0][2]
     print(f"\n{args.steps} steps of batch {cfg.train.batch_size} per row on {cfg.data.train}, the first {args.warmup} "
           f"left out of examples/s; {rows[0][1]['device']}\n")
-    print("| recipe | examples/s | examples/s with the first steps | prompt tokens/s | speed-up |")
-    print("|---|---|---|---|---|")
+    print("| recipe | examples/s | examples/s with the first steps | prompt tokens/s | pairs per step | speed-up |")
+    print("|---|---|---|---|---|---|")
     for label, m, rate in rows:
-        print(f"| {label} | {rate:.2f} | {m['examples_per_s']:.2f} | {m['tokens_per_s']:.0f} | {rate / first:.2f}x |")
+        print(f"| {label} | {rate:.2f} | {m['examples_per_s']:.2f} | {m['tokens_per_s']:.0f} | "
+              f"{m['examples_seen'] / m['steps']:.1f} | {rate / first:.2f}x |")
 
 
 if __name__ == "__main__":

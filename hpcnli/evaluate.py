@@ -21,7 +21,6 @@ from hpcnli.data.nli import load_split, shard_bounds
 from hpcnli.errors import UserFacingError, raise_on_sigterm, run_command
 from hpcnli.io import follow_umask, read_json, write_json, write_jsonl
 from hpcnli.logs import setup_logging
-from hpcnli.model.footprint import return_freed_memory
 from hpcnli.model.loading import (dtype_name, import_model_libraries, load_eval_model, load_saved_eval_model,
                                   load_tokenizer, save_eval_model, stage_dtype)
 from hpcnli.model.memory import device_name, peak_memory, reset_peak_memory, resident_mb
@@ -94,7 +93,6 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     examples = shard_examples(cfg, manifest, shard)
     log.info("%s model, shard %d/%d: %d examples", model_kind, shard, cfg.eval.num_shards, len(examples))
 
-    return_freed_memory()
     cfg = resolve_in_stage(cfg, "eval")
     import_model_libraries(cfg)
     rss_before = resident_mb()

@@ -32,46 +32,15 @@ from hpcnli.io import follow_umask, read_json, write_json
 from hpcnli.logs import setup_logging
 from hpcnli.model.loading import (add_lora, dtype_name, import_model_libraries, load_base_model, load_tokenizer,
                                   narrow_output_layer, stage_dtype)
-from hpcnli.model.footprint import return_freed_memory
 from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory, resident_mb
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.state import training_problem
-from hpcnli.scoring.batching import BatchRule
+from hpcnli.scoring.batching import BatchRule, global_batches
 from hpcnli.scoring.engine import training_logits
 from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 
 log = logging.getLogger("hpcnli.finetune")
-
-
-def _batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
-    """The batch order of one epoch: a function of (seed, epoch) alone, so a resumed run can skip ahead.
-
-    by_length: shuffle, sort each window of about 16 batches by prompt length, cut it into batches, then
-    shuffle the batches, so that rows of a batch have similar lengths (little padding to compute on).
-    """
-    rng = random.Random(seed * 1000 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if not by_length:
-        return rule.cut(order, lengths)
-    rows = rule.rows or max(1, rule.tokens * rule.ways // max(1, round(sum(lengths) / max(1, len(lengths)))))
-    window = 16 * rows
-    batches = [b for w in range(0, len(order), window)
-               for b in rule.cut(sorted(order[w:w + window], key=lengths.__getitem__), lengths)]
-    rng.shuffle(batches)
-    return batches
-
-
-def global_batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
-    """One epoch's global batches; process r of `rule.ways` trains on `batch[r::rule.ways]`.
-
-    The order depends on the global batch alone (batch_size x processes pairs, or the token budget of
-    each process), so 2 processes of batch b see exactly the pairs that 1 process of batch 2b sees, step
-    by step. A last batch too small to give every process a pair is dropped (a process with nothing would
-    stall the others).
-    """
-    return [b for b in _batches(lengths, rule, seed, epoch, by_length) if len(b) >= rule.ways]
 
 
 def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -> None:
@@ -264,7 +233,6 @@ def run(cfg, paths: RunPaths) -> dict:
         # A requeued job, or slurm/finetune.sh sent again, after the adapter was written: nothing to redo.
         log.info("the adapter in %s is complete and current; not training again", paths.adapter)
         return read_json(paths.train_metrics)
-    return_freed_memory()
     planned = cfg  # the adapter depends on the config as planned; "auto" left open is chosen now (a GPU)
     cfg = resolve_in_stage(cfg, "finetune")
     t = cfg.train

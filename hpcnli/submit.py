@@ -21,7 +21,7 @@ from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
 from hpcnli.io import read_json
 from hpcnli.launch import local
 from hpcnli.logs import setup_logging
-from hpcnli.run import memory_plan
+from hpcnli.run import memory_plan, time_plan
 from hpcnli.run.lock import RunLock
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.planning import PlanError, check_resumable, plan, plan_once, slurm_problem
@@ -86,16 +86,18 @@ def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
     return cfg, paths, remaining_work(cfg, paths)
 
 
-def print_memory_plan(paths: RunPaths) -> None:
+def print_plan(paths: RunPaths) -> None:
+    """Each stage's estimated memory and the fine-tune's time, as planned."""
     if paths.memory_plan.is_file():  # runs planned before memory plans have none
-        print("\n".join(memory_plan.lines(read_json(paths.memory_plan))), flush=True)
+        planned = read_json(paths.memory_plan)
+        print("\n".join(memory_plan.lines(planned) + time_plan.lines(planned.get("time"))), flush=True)
 
 
 def start(args) -> int:
     """Plan (or reload) the run, then run it here or submit it; returns the exit status."""
     if args.plan_only:
         paths = plan_once(Path(args.run_dir), lambda: prepare(args)[1]) if args.run_dir else prepare(args)[1]
-        print_memory_plan(paths)
+        print_plan(paths)
         print(f"planned {paths.run_dir}")
         return 0
     cfg, paths, work = prepare(args)
@@ -106,7 +108,7 @@ def start(args) -> int:
               f"finetuned shards {work['finetuned']}", flush=True)
         for why in work.get("why", []):
             print(f"  redo: {why}", flush=True)
-        print_memory_plan(paths)
+        print_plan(paths)
         try:
             if args.executor == "local":
                 return local.run_stages(cfg, paths, work, keep_fds=(lock.fileno(),))

@@ -11,7 +11,7 @@ from conftest import ROOT, SNLI
 from bench.eval_speed import per_example_loop
 from hpcnli.config import load_config
 from hpcnli.data import nli
-from hpcnli.finetune import _batches
+from hpcnli.scoring.batching import epoch_batches as _batches
 from hpcnli.model import loading
 from hpcnli.scoring import engine
 from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts

@@ -12,9 +12,11 @@ estimate of a stage is then a sum of named parts:
     eval shard weights (dequantized to the eval dtype, or 4-bit) + key/value caches (the premise groups
                held at once and the batch's own) + one layer's intermediate tensors + the logits
 
-A token budget then follows from a memory ceiling (`largest_budget`). Where the device is a CPU, peaks
-are resident memory; `return_freed_memory` makes glibc give freed blocks back at once, without which
-the resident peak of a training step here was 1.6x the memory its tensors held.
+A token budget then follows from a memory ceiling (`largest_budget`). The estimate is of the memory
+the tensors need, which on a GPU is what torch allocates. On a CPU, glibc's allocator keeps freed
+blocks resident: the resident peak of a training step here was 1.8-2.0x its tensors
+(CPU_RESIDENT_FACTOR); with MALLOC_MMAP_THRESHOLD_=131072 in the environment glibc returns them and
+the resident peak is the estimate, but training ran 2.5x slower, so that is for measuring, not the default.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ GiB = 2**30
 # (and a float32 per 256 blocks), else a float32.
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 ADAMW_STATE_BYTES = 16  # per trainable float32 parameter: the value, its gradient, two moments
+CPU_RESIDENT_FACTOR = 2.0  # resident peak / tensor memory on a CPU with glibc's default allocator (measured 1.8-2.0)
 PREFIX_CHUNK_BATCHES = 8  # = scoring.engine.PREFIX_CHUNK_BATCHES (checked by a test); the model layer sits below scoring
 
 
@@ -212,25 +215,3 @@ def largest_budget(parts_for, ceiling: float, floor: int, cap: int, step: int = 
 def describe(parts: dict[str, float]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in parts.items() if v) + \
         f" = {total(parts) / GiB:.2f} GiB"
-
-
-def return_freed_memory() -> None:
-    """Make glibc return freed blocks of 128 KiB or more to the system at once (no dynamic mmap threshold).
-
-    By default glibc raises its mmap threshold after each large free, so later tensors come from the heap
-    and stay resident after they are freed: a CPU training step then showed 1.6x the resident memory its
-    tensors held. With a fixed threshold the resident peak is what the tensors need, which is what a Slurm
-    memory limit counts and what the estimates predict. A no-op where glibc is not the C library."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or torch.cuda.is_available():
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-

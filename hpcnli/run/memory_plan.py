@@ -1,26 +1,32 @@
 """The memory plan: each stage's estimated peak before anything is queued; "auto" batches and gradient
 checkpointing chosen from it; a run that would not fit refused with the knob to turn.
 
-The ceiling a stage may use is `resources.gpu_mem_gb` on a GPU; on a CPU it is `resources.mem_gb` (what
-Slurm holds the job to) less what the process needs before any model is loaded. Where a GPU's ceiling
-is not given, the plan cannot check it and "auto" is chosen in the stage, from the free memory of the
-GPU it finds (`resolve_in_stage`).
+The ceiling a stage's tensors may use is `resources.gpu_mem_gb` on a GPU. On a CPU it is `resources.mem_gb`
+(what Slurm holds the job to) less what the process needs before any model is loaded, divided by
+footprint.CPU_RESIDENT_FACTOR (glibc keeps freed blocks resident). Where a GPU's ceiling is not given,
+the plan cannot check it and "auto" is chosen in the stage, from the free memory of the GPU it finds
+(`resolve_in_stage`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 from hpcnli.config import RunConfig
 from hpcnli.errors import UserFacingError
 from hpcnli.io import read_json
-from hpcnli.model.footprint import GiB, describe, eval_parts, largest_budget, model_shape, total, train_parts
+from hpcnli.model.footprint import (CPU_RESIDENT_FACTOR, GiB, describe, eval_parts, largest_budget, model_shape,
+                                    total, train_parts)
 from hpcnli.model.loading import model_config
+from hpcnli.scoring.batching import BatchRule, batch_tokens, global_batches
 
 log = logging.getLogger(__name__)
 
-AUTO_TOKENS_CAP = 16384  # an "auto" budget stops here: beyond it a batch is no faster per token on an H200
+# An "auto" budget stops here. Beyond some thousands of tokens a batch is no faster per token on a GPU; an eval
+# batch also holds the caches of PREFIX_CHUNK_BATCHES batches of premises (phi-2: 8,192 tokens -> 29 GB in all).
+AUTO_TOKENS_CAP = {"finetune": 16384, "eval": 8192}
 CPU_PROCESS_BYTES = 1 * GiB  # the interpreter, torch and its libraries, the data: resident before any model
 GPU_FREE_SHARE = 0.85  # of a GPU's free memory, for "auto" in the stage when resources.gpu_mem_gb is not given
 
@@ -30,24 +36,24 @@ class MemoryPlanError(UserFacingError, ValueError):
 
 
 def ceiling(cfg: RunConfig) -> tuple[float | None, str]:
-    """The bytes a stage may use and the key that sets them (None where the plan cannot know)."""
+    """The bytes a stage's tensors may use and the key that sets them (None where the plan cannot know)."""
     r = cfg.resources
     if r.gpus_per_node > 0:
         return (r.gpu_mem_gb * GiB if r.gpu_mem_gb else None), "resources.gpu_mem_gb"
-    return r.mem_gb * GiB - CPU_PROCESS_BYTES, "resources.mem_gb"
+    return (r.mem_gb * GiB - CPU_PROCESS_BYTES) / CPU_RESIDENT_FACTOR, "resources.mem_gb"
 
 
-def _resolve_train(cfg: RunConfig, shape, limit: float, longest: int) -> RunConfig:
+def _resolve_train(cfg: RunConfig, shape, limit: float, worst: int) -> RunConfig:
     t = cfg.train
     ckpt_options = (False, True) if t.gradient_checkpointing == "auto" else (bool(t.gradient_checkpointing),)
     for ckpt in ckpt_options:
         if t.batch_tokens == "auto":
             budget = largest_budget(lambda n: train_parts(cfg, shape, n, ckpt), limit, cfg.task.max_length,
-                                    AUTO_TOKENS_CAP)
+                                    AUTO_TOKENS_CAP["finetune"])
             if budget is not None:
                 return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_tokens=budget,
                                                                           gradient_checkpointing=ckpt))
-        elif total(train_parts(cfg, shape, train_tokens(cfg, longest), ckpt)) <= limit or ckpt == ckpt_options[-1]:
+        elif total(train_parts(cfg, shape, worst, ckpt)) <= limit or ckpt == ckpt_options[-1]:
             return dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_checkpointing=ckpt))
     return cfg  # nothing fits; check() says so
 
@@ -55,14 +61,28 @@ def _resolve_train(cfg: RunConfig, shape, limit: float, longest: int) -> RunConf
 def _resolve_eval(cfg: RunConfig, shape, limit: float) -> RunConfig:
     if cfg.eval.batch_tokens != "auto":
         return cfg
-    budget = largest_budget(lambda n: eval_parts(cfg, shape, n), limit, cfg.task.max_length, AUTO_TOKENS_CAP)
+    budget = largest_budget(lambda n: eval_parts(cfg, shape, n), limit, cfg.task.max_length, AUTO_TOKENS_CAP["eval"])
     return cfg if budget is None else dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_tokens=budget))
 
 
-def train_tokens(cfg: RunConfig, longest: int) -> int:
-    """The most padded tokens one process's micro-batch holds: the budget, or batch_size of the longest prompts."""
+def worst_train_batch(cfg: RunConfig, lengths: list[int] | None) -> int:
+    """The most padded tokens one process's micro-batch of batch_size pairs holds over the run's epochs, cut as
+    the fine-tune cuts them (lengths: every training prompt's); batch_size x task.max_length when unknown."""
+    t, procs = cfg.train, cfg.resources.train_processes
+    if not lengths:
+        return t.batch_size * cfg.task.max_length
+    rule = BatchRule(rows=t.batch_size * procs, ways=procs)
+    first = global_batches(lengths, rule, t.seed, 0, t.group_by_length)
+    epochs = t.epochs if t.max_steps <= 0 else math.ceil(t.max_steps * t.grad_accum / max(1, len(first))) + 1
+    return max(batch_tokens(b[r::procs], lengths) for e in range(epochs)
+               for b in (first if e == 0 else global_batches(lengths, rule, t.seed, e, t.group_by_length))
+               for r in range(procs) if b[r::procs])
+
+
+def train_tokens(cfg: RunConfig, worst: int) -> int:
+    """The most padded tokens one process's micro-batch holds: the budget, or the worst fixed-count batch."""
     t = cfg.train
-    return t.batch_tokens if isinstance(t.batch_tokens, int) else t.batch_size * longest
+    return t.batch_tokens if isinstance(t.batch_tokens, int) else worst
 
 
 def eval_tokens(cfg: RunConfig, longest: int) -> int:
@@ -70,28 +90,36 @@ def eval_tokens(cfg: RunConfig, longest: int) -> int:
     return e.batch_tokens if isinstance(e.batch_tokens, int) else e.batch_size * longest
 
 
-def resolve(cfg: RunConfig, shape, limit: float | None, longest: int) -> RunConfig:
+def resolve(cfg: RunConfig, shape, limit: float | None, worst_train: int) -> RunConfig:
     """The config with "auto" batch_tokens and gradient_checkpointing replaced by what fits `limit` bytes
     (left "auto" when the limit is unknown: the stage chooses)."""
     if limit is None:
         return cfg
-    return _resolve_eval(_resolve_train(cfg, shape, limit, longest), shape, limit)
+    return _resolve_eval(_resolve_train(cfg, shape, limit, worst_train), shape, limit)
 
 
-def stage_estimates(cfg: RunConfig, shape, longest: int) -> dict:
+def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int) -> dict:
     """Each stage's estimated peak, in parts (bytes), for the resolved config; {} for a stage still "auto"."""
     out = {}
     t = cfg.train
     if t.batch_tokens != "auto" and t.gradient_checkpointing != "auto":
-        tokens = train_tokens(cfg, longest)
+        tokens = train_tokens(cfg, worst_train)
         out["finetune"] = {"tokens_per_batch": tokens, "gradient_checkpointing": bool(t.gradient_checkpointing),
                            "parts": train_parts(cfg, shape, tokens, bool(t.gradient_checkpointing))}
     if cfg.eval.batch_tokens != "auto":
-        tokens = eval_tokens(cfg, longest)
+        tokens = eval_tokens(cfg, longest_test)
         out["eval"] = {"tokens_per_batch": tokens, "parts": eval_parts(cfg, shape, tokens)}
     for est in out.values():
         est["total_bytes"] = total(est["parts"])
     return out
+
+
+def _allowance(limit: float, key: str) -> str:
+    if key == "resources.mem_gb":
+        mem_gb = (limit * CPU_RESIDENT_FACTOR + CPU_PROCESS_BYTES) / GiB
+        return (f"{limit / GiB:.1f} GiB its tensors may use ({key} {mem_gb:g} less {CPU_PROCESS_BYTES / GiB:.0f} GiB for the "
+                f"process, / {CPU_RESIDENT_FACTOR} for what glibc keeps resident)")
+    return f"{limit / GiB:.1f} GiB it may use ({key})"
 
 
 def check(cfg: RunConfig, estimates: dict, limit: float | None, key: str) -> None:
@@ -105,30 +133,35 @@ def check(cfg: RunConfig, estimates: dict, limit: float | None, key: str) -> Non
                  if stage == "finetune" else "eval.batch_tokens (or eval.batch_size), eval.share_prefix: false")
         raise MemoryPlanError(
             f"{key}: the {stage} stage needs about {est['total_bytes'] / GiB:.1f} GiB ({describe(est['parts'])}, "
-            f"batches of {est['tokens_per_batch']} tokens), over the {limit / GiB:.1f} GiB it may use; lower "
+            f"batches of {est['tokens_per_batch']} tokens), over the {_allowance(limit, key)}; lower "
             f"{knobs}, or task.max_length, or raise {key}")
     for stage in ("finetune", "eval"):
         if stage not in estimates:
             raise MemoryPlanError(f"{key}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
-                                  f"the {stage} stage in {limit / GiB:.1f} GiB; raise {key} or lower task.max_length")
+                                  f"the {stage} stage in the {_allowance(limit, key)}; raise {key} or lower "
+                                  "task.max_length")
 
 
-def plan_memory(cfg: RunConfig, model_config, longest: int) -> tuple[RunConfig, dict]:
-    """Resolve "auto", estimate each stage, refuse what does not fit: (resolved config, memory plan)."""
+def plan_memory(cfg: RunConfig, model_config, train_lengths: list[int] | None,
+                longest_test: int) -> tuple[RunConfig, dict]:
+    """Resolve "auto", estimate each stage, refuse what does not fit: (resolved config, memory plan).
+    train_lengths: every training prompt's tokens (None when too many to tokenize at planning time)."""
     shape = model_shape(cfg, model_config)
     limit, key = ceiling(cfg)
-    resolved = resolve(cfg, shape, limit, longest)
-    estimates = stage_estimates(resolved, shape, longest)
+    worst = worst_train_batch(cfg, train_lengths)
+    resolved = resolve(cfg, shape, limit, worst)
+    estimates = stage_estimates(resolved, shape, worst, longest_test)
     check(resolved, estimates, limit, key)
-    return resolved, {"ceiling_bytes": limit, "ceiling_key": key, "longest_prompt": longest,
-                      "stages": estimates, "shape": dataclasses.asdict(shape)}
+    return resolved, {"ceiling_bytes": limit, "ceiling_key": key, "longest_test_prompt": longest_test,
+                      "worst_fixed_train_batch": worst, "stages": estimates, "shape": dataclasses.asdict(shape)}
 
 
 def lines(memory: dict) -> list[str]:
     """The plan, as submit prints it."""
     limit = memory["ceiling_bytes"]
-    head = (f"memory plan (each stage's estimated peak; may use {limit / GiB:.1f} GiB, {memory['ceiling_key']}):"
-            if limit is not None else f"memory plan (no ceiling: {memory['ceiling_key']} is not set):")
+    key = memory["ceiling_key"]
+    head = (f"memory plan (each stage's estimated peak; no ceiling: {key} is not set):" if limit is None else
+            f"memory plan (each stage's estimated peak; {_allowance(limit, key)}):")
     out = [head]
     for stage in ("finetune", "eval"):
         est = memory["stages"].get(stage)
@@ -162,7 +195,8 @@ def resolve_in_stage(cfg: RunConfig, stage: str) -> RunConfig:
         raise MemoryPlanError(f"{stage}: batch_tokens or gradient_checkpointing is 'auto' but the plan left it "
                               "open and there is no GPU to size it from; plan the run again")
     free, _ = torch.cuda.mem_get_info()
-    resolved = resolve(cfg, model_shape(cfg, model_config(cfg)), free * GPU_FREE_SHARE, cfg.task.max_length)
+    resolved = resolve(cfg, model_shape(cfg, model_config(cfg)), free * GPU_FREE_SHARE,
+                       cfg.train.batch_size * cfg.task.max_length)
     if stage in ("finetune" if "auto" in (resolved.train.batch_tokens, resolved.train.gradient_checkpointing) else (),
                  "eval" if resolved.eval.batch_tokens == "auto" else ()):
         raise MemoryPlanError(f"{stage}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "

@@ -19,6 +19,7 @@ from hpcnli.data.nli import load_split
 from hpcnli.errors import UserFacingError
 from hpcnli.io import read_json, write_json
 from hpcnli.model.loading import check_target_modules, check_top_layers, load_tokenizer, model_config
+from hpcnli.run import time_plan
 from hpcnli.run.memory_plan import plan_memory
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.state import test_set_changed
@@ -62,16 +63,16 @@ def check_model(cfg: RunConfig):
     return tokenizer, config
 
 
-# Above this many pairs the plan takes task.max_length as the longest prompt instead of tokenizing them all.
-LONGEST_SCAN_LIMIT = 200_000
+# Above this many pairs the plan takes task.max_length as every prompt's length instead of tokenizing them all.
+LENGTH_SCAN_LIMIT = 200_000
 
 
-def longest_prompt(tokenizer, cfg: RunConfig, *splits) -> int:
-    """The longest prompt of the run in tokens (what a fixed batch_size can hold at worst)."""
-    examples = [e for split in splits for e in split.examples]
-    if len(examples) > LONGEST_SCAN_LIMIT or not examples:
-        return cfg.task.max_length
-    return max(map(len, tokenize_prompts(tokenizer, cfg, examples)))
+def prompt_lengths(tokenizer, cfg: RunConfig, split) -> list[int] | None:
+    """Every prompt's length in tokens (what fixed batch_size batches hold at worst), or None for a split too
+    big to tokenize while planning."""
+    if len(split.examples) > LENGTH_SCAN_LIMIT or not split.examples:
+        return None
+    return [len(p) for p in tokenize_prompts(tokenizer, cfg, split.examples)]
 
 
 def provenance() -> dict:
@@ -111,7 +112,10 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     if len({e["id"] for e in test.examples}) != len(test.examples):
         raise PlanError(f"data.test: {test.source} has duplicated example ids")
     tokenizer, config = check_model(cfg)
-    cfg, memory = plan_memory(cfg, config, longest_prompt(tokenizer, cfg, train, test))
+    test_lengths = prompt_lengths(tokenizer, cfg, test)
+    cfg, memory = plan_memory(cfg, config, prompt_lengths(tokenizer, cfg, train),
+                              max(test_lengths) if test_lengths else cfg.task.max_length)
+    memory["time"] = time_plan.estimate(cfg, tokenizer, train.examples)
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:

@@ -9,6 +9,7 @@ width is the sum of each part's longest. With `ways` > 1 a batch is split over t
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 
@@ -68,3 +69,33 @@ def batch_tokens(rows: list[int], widths, ways: int = 1) -> int:
     """The padded tokens one process's share of a batch holds (the quantity a budget bounds)."""
     parts = [widths[i] if isinstance(widths[i], tuple) else (widths[i],) for i in rows]
     return math.ceil(len(rows) / ways) * sum(map(max, zip(*parts)))
+
+
+def epoch_batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
+    """The batch order of one epoch: a function of (seed, epoch) alone, so a resumed run can skip ahead.
+
+    by_length: shuffle, sort each window of about 16 batches by prompt length, cut it into batches, then
+    shuffle the batches, so that rows of a batch have similar lengths (little padding to compute on).
+    """
+    rng = random.Random(seed * 1000 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not by_length:
+        return rule.cut(order, lengths)
+    rows = rule.rows or max(1, rule.tokens * rule.ways // max(1, round(sum(lengths) / max(1, len(lengths)))))
+    window = 16 * rows
+    batches = [b for w in range(0, len(order), window)
+               for b in rule.cut(sorted(order[w:w + window], key=lengths.__getitem__), lengths)]
+    rng.shuffle(batches)
+    return batches
+
+
+def global_batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
+    """One epoch's global batches; process r of `rule.ways` trains on `batch[r::rule.ways]`.
+
+    The order depends on the global batch alone (batch_size x processes pairs, or the token budget of
+    each process), so 2 processes of batch b see exactly the pairs that 1 process of batch 2b sees, step
+    by step. A last batch too small to give every process a pair is dropped (a process with nothing would
+    stall the others).
+    """
+    return [b for b in epoch_batches(lengths, rule, seed, epoch, by_length) if len(b) >= rule.ways]

@@ -1,0 +1,76 @@
+"""The fine-tune's time, estimated before it is queued from the throughput of the last run of the same model.
+
+    tokens to train = pairs to train x mean prompt tokens (a sample of the training pairs)
+    time            = tokens / the prompt tokens per second of the last finished fine-tune of this model
+                      in output_root (on the same kind of device: GPU or CPU)
+
+Against resources.time_min it says whether the fine-tune fits one job or how many requeues it needs (it
+checkpoints and Slurm requeues it on time-out, up to MAX_REQUEUES times).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from hpcnli.config import RunConfig
+from hpcnli.io import RunFileError, read_json
+
+MAX_REQUEUES = 3  # launch.slurm: submitit's max_num_timeout for the fine-tune
+SAMPLE = 5000  # training pairs tokenized for the mean prompt length
+
+
+def pairs_to_train(cfg: RunConfig, n_train: int, mean_tokens: float) -> float:
+    t, procs = cfg.train, cfg.resources.train_processes
+    if t.max_steps <= 0:
+        return t.epochs * n_train
+    per_step = t.batch_size if t.batch_tokens is None else t.batch_tokens / mean_tokens
+    return t.max_steps * per_step * t.grad_accum * procs
+
+
+def last_throughput(cfg: RunConfig, gpu: bool) -> tuple[float, str] | None:
+    """Prompt tokens/s of the newest finished fine-tune of this model in output_root, and that run's name."""
+    best = None
+    for metrics_file in Path(cfg.output_root).glob("*/train_metrics.json"):
+        try:
+            metrics = read_json(metrics_file)
+            run_cfg = read_json(metrics_file.with_name("report.json")).get("config", {})
+        except (RunFileError, OSError):
+            continue
+        same_model = run_cfg.get("model", {}).get("name_or_path") == cfg.model.name_or_path
+        same_device = ("cpu" not in str(metrics.get("device", "cpu")).lower()) == gpu
+        if same_model and same_device and metrics.get("tokens_per_s") and (best is None or
+                                                                           metrics_file.stat().st_mtime > best[0]):
+            best = (metrics_file.stat().st_mtime, metrics["tokens_per_s"], metrics_file.parent.name)
+    return None if best is None else (best[1], best[2])
+
+
+def estimate(cfg: RunConfig, tokenizer, train_examples: list[dict]) -> dict | None:
+    """The fine-tune's estimated minutes and the jobs it takes, or None when no earlier run gives a throughput."""
+    from hpcnli.scoring.prompts import tokenize_prompts
+
+    known = last_throughput(cfg, cfg.resources.gpus_per_node > 0)
+    if known is None or not train_examples:
+        return None
+    sample = random.Random(0).sample(train_examples, min(SAMPLE, len(train_examples)))
+    mean_tokens = sum(map(len, tokenize_prompts(tokenizer, cfg, sample))) / len(sample)
+    tokens = pairs_to_train(cfg, len(train_examples), mean_tokens) * mean_tokens
+    minutes = tokens / known[0] / 60
+    return {"minutes": minutes, "tokens_per_s": known[0], "from_run": known[1],
+            "jobs": max(1, math.ceil(minutes / cfg.resources.time_min)), "time_min": cfg.resources.time_min}
+
+
+def lines(est: dict | None) -> list[str]:
+    if est is None:
+        return ["time plan: no earlier fine-tune of this model in output_root to take a throughput from"]
+    head = (f"time plan: the fine-tune takes about {est['minutes']:.0f} min at {est['tokens_per_s']:,.0f} prompt "
+            f"tokens/s (run {est['from_run']})")
+    if est["jobs"] == 1:
+        return [f"{head}: fits resources.time_min {est['time_min']}"]
+    requeues = est["jobs"] - 1
+    if requeues <= MAX_REQUEUES:
+        return [f"{head}: {requeues} requeue(s) past resources.time_min {est['time_min']} (it resumes from "
+                "its last checkpoint each time)"]
+    return [f"{head}: WARNING: {requeues} requeues past resources.time_min {est['time_min']}, more than the "
+            f"{MAX_REQUEUES} Slurm is asked for; raise resources.time_min to {math.ceil(est['minutes'] / (MAX_REQUEUES + 1))}"]
