@@ -32,7 +32,8 @@ from hpcnli.io import follow_umask, read_json, write_json
 from hpcnli.logs import setup_logging
 from hpcnli.model.loading import (add_lora, dtype_name, import_model_libraries, load_base_model, load_tokenizer,
                                   narrow_output_layer, stage_dtype)
-from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory, resident_mb
+from hpcnli.model.memory import (count_parameters, device_name, peak_memory, release_freed_memory, reset_peak_memory,
+                                 resident_mb)
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.state import training_problem
@@ -182,6 +183,7 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
     elif done:  # stale checkpoints: a later checkpoint of this run must not sit beside them
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     model.train()
+    release_freed_memory()
     reset_peak_memory()
 
     window = []
