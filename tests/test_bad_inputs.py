@@ -28,7 +28,7 @@ GOOD = {"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": 0}
 # (case, files to write {name: content}, extra argv (with {tmp} for the temp dir), expected message)
 CASES = [
     ("misspelt config key", {}, ["train.learning_rat=1e-4"],
-     "train.learning_rat: unknown key; valid keys here are: batch_size, grad_accum, learning_rate"),
+     "train.learning_rat: unknown key; valid keys here are: batch_size, batch_tokens, grad_accum, learning_rate"),
     ("wrong type", {}, ["train.batch_size=abc"], "train.batch_size: expected int, got str 'abc'"),
     ("zero shards", {}, ["eval.num_shards=0"], "eval.num_shards: must be > 0, got 0"),
     ("negative shards", {}, ["eval.num_shards=-2"], "eval.num_shards: must be > 0, got -2"),

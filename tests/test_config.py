@@ -24,7 +24,7 @@ from hpcnli.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILES = sorted((ROOT / "jobs").glob("*.yaml"))
-TRAIN_KEYS = ("batch_size", "grad_accum", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm",
+TRAIN_KEYS = ("batch_size", "batch_tokens", "grad_accum", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm",
               "epochs", "max_steps", "group_by_length", "loss", "checkpoint_every", "gradient_checkpointing", "seed", "log_every")
 
 
@@ -134,6 +134,13 @@ def test_other_wrong_types(tmp_path, text, key):
     ("lora:\n  top_layers: -1\n", "lora.top_layers", "must be >= 0"),
     ("data:\n  test: holdout\n", "data.test", "set data.holdout"),
     ("train:\n  loss: mse\n", "train.loss", "not one of ('labels', 'vocab')"),
+    ("train:\n  batch_tokens: 100\n", "train.batch_tokens", "cannot hold one prompt of task.max_length 256 tokens; "
+     "use at least 256, 'auto'"),
+    ("eval:\n  batch_tokens: lots\n", "eval.batch_tokens", "'lots' is not a number of tokens or 'auto'"),
+    ("eval:\n  batch_tokens: [1]\n", "eval.batch_tokens", "expected int or str, got list [1]"),
+    ("train:\n  batch_tokens: true\n", "train.batch_tokens", "expected int or str, got bool True"),
+    ("train:\n  gradient_checkpointing: sometimes\n", "train.gradient_checkpointing", "true, false or auto"),
+    ("resources:\n  gpu_mem_gb: 0\n", "resources.gpu_mem_gb", "must be > 0 (or left out)"),
 ])
 def test_impossible_values(tmp_path, text, key, expect):
     (p,) = problems_of(tmp_path, text)

@@ -17,12 +17,16 @@ def _num(x, fmt: str = ",.1f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def _mb(memory: dict) -> str:
+def _mb(memory: dict, estimate: dict | None = None) -> str:
+    """Measured peaks, and the memory plan's estimate beside them (GPU: allocated; CPU: the work's resident peak)."""
+    planned = f"; planned {estimate['total_bytes'] / 2**20:,.0f} MB" if estimate else ""
     if "gpu_peak_allocated_mb" in memory:
         return (f"GPU allocated {memory['gpu_peak_allocated_mb']:,.0f} MB, reserved "
-                f"{memory['gpu_peak_reserved_mb']:,.0f} MB")
+                f"{memory['gpu_peak_reserved_mb']:,.0f} MB{planned}")
     if "process_peak_rss_mb" in memory:
-        return f"process peak RSS {memory['process_peak_rss_mb']:,.0f} MB (no GPU)"
+        work = (f", the model and its work {memory['work_peak_rss_mb']:,.0f} MB" if "work_peak_rss_mb" in memory
+                else "")
+        return f"process peak RSS {memory['process_peak_rss_mb']:,.0f} MB{work} (no GPU){planned}"
     return "n/a"
 
 
@@ -112,7 +116,7 @@ def _cost(rep: dict) -> list[str]:
                 f"{_train_batch(train, cfg)} per process, {_num(train.get('effective_batch_size'), ',.1f')} pairs per "
                 f"optimizer step, gradient checkpointing {_on_off(train.get('gradient_checkpointing'))} |",
                 f"| training loss | final {_num(train['final_loss'], '.4f')}, best {_num(train['best_loss'], '.4f')} |",
-                f"| training peak memory | {_mb(train['memory'])} |",
+                f"| training peak memory | {_mb(train['memory'], train.get('memory_estimate'))} |",
                 f"| parameters | {params['total']:,} total (4-bit weights counted unpacked), {params['trainable']:,} trainable LoRA "
                 f"({100 * params['trainable_share']:.2f}%) |",
                 f"| adapter size on disk | {train.get('adapter_bytes', 0) / 2**20:.1f} MiB |"]
@@ -121,7 +125,7 @@ def _cost(rep: dict) -> list[str]:
         out.append(f"| {m} eval | {r['eval_runtime_summed_s']:,.1f} s predicting + {r['eval_model_load_summed_s']:,.1f} s "
                    f"model loading summed over {len(rep['shards'][m])} shards ({r['eval_wall_span_s']:,.1f} s wall-clock "
                    f"from first start to last end), {_num(r['eval_examples_per_s'])} examples/s per shard-second; "
-                   f"{_mb(r['peak_memory'])} |")
+                   f"{_mb(r['peak_memory'], (rep['shards'][m] or [{}])[0].get('memory_estimate'))} |")
     return out
 
 
@@ -131,7 +135,7 @@ def _jobs(rep: dict) -> list[str]:
     for m in MODELS:
         for s in rep["shards"][m]:
             out.append(f"| {m} | {s['shard']} | {s['examples']} | {s['runtime_s']:.1f} | {s['model_load_s']:.1f} | "
-                       f"{_num(s['examples_per_s'])} | {_mb(s['memory'])} | {s['job'].get('node', 'n/a')} |")
+                       f"{_num(s['examples_per_s'])} | {_mb(s['memory'], s.get('memory_estimate'))} | {s['job'].get('node', 'n/a')} |")
     jobs = rep.get("slurm_jobs") or {}
     if jobs:
         out += ["", "### Slurm jobs (sacct)", "", "| job | name | state | queue wait s | start | end |",
