@@ -91,14 +91,13 @@ def profile_predict(model, tokenizer, cfg, examples) -> None:
 
 
 def matching_budget(cfg, prompt_ids: list[list[int]]) -> int:
-    """The token budget whose batches hold, on average, as many pairs as eval.batch_size: the mean padded
-    tokens of the fixed-count batches over these prompts (length-sorted), at least task.max_length."""
-    from hpcnli.scoring.batching import BatchRule, batch_tokens
+    """The token budget whose batches hold, on average, as many pairs as eval.batch_size (whole prompts,
+    length-sorted, as the engine cuts them), at least task.max_length."""
+    from hpcnli.scoring.batching import BatchRule, budget_for_rows
 
     lengths = [len(p) for p in prompt_ids]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches = BatchRule(rows=cfg.eval.batch_size).cut(order, lengths)
-    return max(cfg.task.max_length, round(sum(batch_tokens(b, lengths) for b in batches) / len(batches)))
+    return budget_for_rows(cfg.eval.batch_size, lambda n: BatchRule(tokens=n).cut(order, lengths), cfg.task.max_length)
 
 
 def timed(fn):
@@ -209,9 +208,11 @@ def parse_args(argv=None):
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of all rows, interleaved; each row reports its fastest round (default: %(default)s)")
     parser.add_argument("--batch-tokens", type=int,
-                        help="a row of the default path by token budget (eval.batch_tokens); default: the mean padded "
-                             "tokens of the config's eval.batch_size batches over these examples, so both rows make about "
-                             "as many batches")
+                        help="a row of the default path by token budget (eval.batch_tokens); default: the budget whose "
+                             "batches hold eval.batch_size pairs on average over these examples")
+    parser.add_argument("--batches", action="store_true",
+                        help="only the default path in batches of eval.batch_size pairs against batches of --batch-tokens, "
+                             "one model loaded once for both, --repeat interleaved rounds")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the default path once (torch.profiler) instead of the table")
     parser.add_argument("--lm-eval", metavar="BIN",
@@ -263,6 +264,29 @@ def print_harness_comparison(harness: dict, rows, compared_labels, examples) -> 
           f"(same unquantized weights); their predictions agree on {100 * same:.1f}%")
 
 
+def compare_batches(args, cfg, overrides, tokenizer, examples) -> None:
+    """Batches of eval.batch_size pairs against batches of a token budget, on one loaded model (no load noise),
+    the two interleaved over --repeat rounds; each row reports its fastest round."""
+    budget = args.batch_tokens or matching_budget(cfg, prompts.tokenize_prompts(tokenizer, cfg, examples))
+    model = loading.load_eval_model(cfg, args.adapter).eval()
+    predict(model, tokenizer, cfg, examples[:32])  # warm-up
+    rows = {f"{cfg.eval.batch_size} pairs per batch (eval.batch_size)": cfg,
+            f"<= {budget} tokens per batch (eval.batch_tokens={budget})":
+                load_config(args.config, [*overrides, f"eval.batch_tokens={budget}"])}
+    best: dict[str, tuple[float, list]] = {}
+    for _ in range(args.repeat):
+        for label, row_cfg in rows.items():
+            out, secs = timed(lambda: predict(model, tokenizer, row_cfg, examples))
+            if label not in best or secs < best[label][0]:
+                best[label] = (secs, [r["pred"] for r in out])
+    first = next(iter(best.values()))
+    print(f"\nthe default path, fastest of {args.repeat} interleaved round(s)\n")
+    print("| batches | seconds | examples/s | vs pairs | same predictions |\n|---|---|---|---|---|")
+    for label, (secs, preds) in best.items():
+        same = sum(a == b for a, b in zip(preds, first[1])) / len(preds)
+        print(f"| {label} | {secs:.1f} | {len(examples) / secs:.1f} | {first[0] / secs:.2f}x | {100 * same:.1f}% |")
+
+
 def main(argv=None) -> None:
     args, parser = parse_args(argv)
     overrides = [f"data.test={args.data}", "data.max_test_examples=0", *prompt_overrides(args.prompt)]
@@ -278,6 +302,8 @@ def main(argv=None) -> None:
 
     if args.profile:
         return profile_predict(loading.load_eval_model(cfg, args.adapter).eval(), tokenizer, cfg, examples)
+    if args.batches:
+        return compare_batches(args, cfg, overrides, tokenizer, examples)
 
     from transformers import AutoModelForCausalLM
 

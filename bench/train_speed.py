@@ -9,8 +9,8 @@ prompt, LoRA dropout 0.05, loss over the whole vocabulary, random batches) until
 --warmup steps (and over all steps), prompt tokens/s and the speed-up over the first row.
 --dtypes instead runs the config's recipe in float32, with bfloat16 4-bit compute, and all in bfloat16;
 --processes runs it as 1 process with 2 threads and as 2 data-parallel processes with 1 thread each;
---batches runs it in batches of train.batch_size pairs and in batches of a token budget that holds as
-many pairs on average (train.batch_tokens).
+--batches runs it in batches of train.batch_size pairs and in batches of the token budget that holds as
+many pairs per step on average (train.batch_tokens).
 """
 
 from __future__ import annotations
@@ -73,18 +73,18 @@ def steady_rate(loss_curve: list[dict], warmup: int) -> float:
 
 def token_budget_rows(config: str) -> list[tuple[str, list[str]]]:
     """The config's recipe in batches of batch_size pairs, and in batches of the token budget that holds as
-    many pairs on average: the mean padded tokens of the pair-count batches over one epoch of the config's
-    training pairs, as finetune cuts them."""
+    many pairs per step on average over one epoch of the config's training pairs, cut as finetune cuts them."""
     from hpcnli.data.nli import load_split
     from hpcnli.model.loading import load_tokenizer
-    from hpcnli.scoring.batching import BatchRule, batch_tokens, global_batches
+    from hpcnli.scoring.batching import BatchRule, budget_for_rows, global_batches
     from hpcnli.scoring.prompts import tokenize_prompts
 
     cfg = load_config(config)
+    t = cfg.train
     lengths = [len(p) for p in tokenize_prompts(load_tokenizer(cfg), cfg, load_split(cfg, "train").examples)]
-    batches = global_batches(lengths, BatchRule.of(cfg.train), cfg.train.seed, 0, cfg.train.group_by_length)
-    budget = max(cfg.task.max_length, round(sum(batch_tokens(b, lengths) for b in batches) / len(batches)))
-    return [(f"config's recipe, batches of {cfg.train.batch_size} pairs", []),
+    budget = budget_for_rows(t.batch_size, lambda n: global_batches(lengths, BatchRule(tokens=n), t.seed, 0,
+                                                                    t.group_by_length), cfg.task.max_length)
+    return [(f"config's recipe, batches of {t.batch_size} pairs", []),
             (f"config's recipe, batches of <= {budget} tokens (train.batch_tokens={budget})",
              [f"train.batch_tokens={budget}"])]
 

@@ -280,3 +280,18 @@ def test_the_phi2_configs_plan_to_fit_an_80gb_card(phi2_config_dir, tmp_path, co
         assert cfg.train.batch_tokens >= 4096 and cfg.eval.batch_tokens >= 4096
         assert memory["stages"]["finetune"]["total_bytes"] > 20 * footprint.GiB  # it uses the card
     print(proc.stdout)
+
+
+def test_budget_for_rows_holds_that_many_pairs_on_average():
+    from hpcnli.scoring.batching import budget_for_rows
+
+    rng = random.Random(5)
+    lengths = sorted(rng.randint(20, 90) for _ in range(400))
+    order = list(range(400))
+
+    def cut(n):
+        return BatchRule(tokens=n).cut(order, lengths)
+
+    budget = budget_for_rows(16, cut, 90)
+    mean = lambda n: 400 / len(cut(n))  # noqa: E731
+    assert mean(budget) >= 16 > mean(budget - 1)

@@ -14,25 +14,28 @@ estimate of a stage is then a sum of named parts:
 
 A token budget then follows from a memory ceiling (`largest_budget`). The estimate is of the memory
 the tensors need, which on a GPU is what torch allocates. On a CPU, glibc's allocator keeps freed
-blocks resident: the resident peak of a training step here was 1.8-2.0x its tensors
-(CPU_RESIDENT_FACTOR); with MALLOC_MMAP_THRESHOLD_=131072 in the environment glibc returns them and
+blocks resident: the resident peak of a fine-tune here was 1.7x its estimate, of single training steps
+1.8-2.0x their tensors, of eval shards 1.3x (CPU_RESIDENT_FACTOR, bench/RESULTS.md); with MALLOC_MMAP_THRESHOLD_=131072 in the environment glibc returns them and
 the resident peak is the estimate, but training ran 2.5x slower, so that is for measuring, not the default.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from hpcnli.model.loading import lora_config, stage_dtype
+
 GiB = 2**30
 # 4-bit weights: half a byte each, plus one absmax per block of 64: a byte with double quantization
 # (and a float32 per 256 blocks), else a float32.
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 ADAMW_STATE_BYTES = 16  # per trainable float32 parameter: the value, its gradient, two moments
-CPU_RESIDENT_FACTOR = 2.0  # resident peak / tensor memory on a CPU with glibc's default allocator (measured 1.8-2.0)
+CPU_RESIDENT_FACTOR = 2.0  # resident peak / tensor memory on a CPU with glibc's default allocator (measured 1.3-2.0)
 PREFIX_CHUNK_BATCHES = 8  # = scoring.engine.PREFIX_CHUNK_BATCHES (checked by a test); the model layer sits below scoring
 
 
@@ -62,6 +65,7 @@ def _meta_model(cfg, model_config, dtype: torch.dtype):
 
     auto = AutoModelForSequenceClassification if cfg.task.scoring == "head" else AutoModelForCausalLM
     if cfg.task.scoring == "head":
+        model_config = copy.deepcopy(model_config)
         model_config.num_labels = 3
     with torch.device("meta"):
         return auto.from_config(model_config, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
@@ -109,9 +113,7 @@ def _saved_bytes_per_token(model, length: int) -> float:
 
 def model_shape(cfg, model_config) -> ModelShape:
     """Count a model's parameters by kind and measure its activations per token, on the meta device."""
-    from peft import LoraConfig, get_peft_model
-
-    from hpcnli.model.loading import stage_dtype
+    from peft import get_peft_model
 
     q4 = cfg.quantization.load_in_4bit
     # Under 4-bit, PEFT casts every parameter that is not 4-bit to float32, so activations are float32
@@ -130,12 +132,7 @@ def model_shape(cfg, model_config) -> ModelShape:
         model.set_output_embeddings(torch.nn.Linear(model_config.hidden_size, 3, bias=False, device="meta",
                                                     dtype=next(model.parameters()).dtype))
     n_layers = model_config.num_hidden_layers
-    top = cfg.lora.top_layers
-    lora = get_peft_model(model, LoraConfig(
-        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
-        layers_to_transform=list(range(n_layers - top, n_layers)) if top else None,
-        task_type="SEQ_CLS" if cfg.task.scoring == "head" else "CAUSAL_LM"))
+    lora = get_peft_model(model, lora_config(cfg, n_layers))
     n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     saved = _saved_bytes_per_token(lora, min(cfg.task.max_length, 128))
     heads = model_config.num_attention_heads
@@ -155,8 +152,6 @@ def _bytes(dtype: torch.dtype) -> int:
 
 def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool) -> dict[str, float]:
     """Bytes of each part of the fine-tune's peak, for batches of `tokens` padded tokens per process."""
-    from hpcnli.model.loading import stage_dtype
-
     q = cfg.quantization
     e = _bytes(stage_dtype(cfg.model.dtype, "train"))
     narrowed = cfg.task.scoring != "head" and cfg.train.loss == "labels"
@@ -179,8 +174,6 @@ def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool) -> dic
 
 def eval_parts(cfg, shape: ModelShape, tokens: int) -> dict[str, float]:
     """Bytes of each part of an eval shard's peak, for batches of `tokens` padded tokens."""
-    from hpcnli.model.loading import stage_dtype
-
     e = _bytes(stage_dtype(cfg.model.dtype, "eval"))
     if cfg.quantization.load_in_4bit and cfg.eval.weights == "4bit":
         weights = shape.quantizable * NF4_BYTES[cfg.quantization.double_quant] + shape.other * e

@@ -192,8 +192,19 @@ def check_target_modules(model, target_modules) -> None:
                          f"linear layers: {linear}")
 
 
+def lora_config(cfg, n_layers: int):
+    """PEFT's LoraConfig for the run (lora.top_layers: only the top layers of n_layers)."""
+    from peft import LoraConfig
+
+    top = cfg.lora.top_layers
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules),
+                      layers_to_transform=list(range(n_layers - top, n_layers)) if top else None,
+                      task_type="SEQ_CLS" if cfg.task.scoring == "head" else "CAUSAL_LM")  # SEQ_CLS trains the head too
+
+
 def add_lora(model, cfg):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     check_target_modules(model, cfg.lora.target_modules)
     check_top_layers(model.config, cfg.lora.top_layers)
@@ -203,13 +214,7 @@ def add_lora(model, cfg):
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    n_layers = model.config.num_hidden_layers
-    top = cfg.lora.top_layers
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules),
-                      layers_to_transform=list(range(n_layers - top, n_layers)) if top else None,
-                      task_type="SEQ_CLS" if cfg.task.scoring == "head" else "CAUSAL_LM")  # SEQ_CLS trains the head too
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora_config(cfg, model.config.num_hidden_layers))
 
 
 def load_eval_model(cfg, adapter_dir: Path | None, device_map=None):

@@ -53,7 +53,7 @@ def _resolve_train(cfg: RunConfig, shape, limit: float, worst: int) -> RunConfig
             if budget is not None:
                 return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_tokens=budget,
                                                                           gradient_checkpointing=ckpt))
-        elif total(train_parts(cfg, shape, worst, ckpt)) <= limit or ckpt == ckpt_options[-1]:
+        elif total(train_parts(cfg, shape, train_tokens(cfg, worst), ckpt)) <= limit or ckpt == ckpt_options[-1]:
             return dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_checkpointing=ckpt))
     return cfg  # nothing fits; check() says so
 
@@ -98,17 +98,23 @@ def resolve(cfg: RunConfig, shape, limit: float | None, worst_train: int) -> Run
     return _resolve_eval(_resolve_train(cfg, shape, limit, worst_train), shape, limit)
 
 
+def _batch_words(section, tokens: int) -> str:
+    if isinstance(section.batch_tokens, int):
+        return f"batches of <= {tokens} tokens"
+    return f"batches of {section.batch_size} pairs (<= {tokens} tokens)"
+
+
 def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int) -> dict:
     """Each stage's estimated peak, in parts (bytes), for the resolved config; {} for a stage still "auto"."""
     out = {}
     t = cfg.train
     if t.batch_tokens != "auto" and t.gradient_checkpointing != "auto":
         tokens = train_tokens(cfg, worst_train)
-        out["finetune"] = {"tokens_per_batch": tokens, "gradient_checkpointing": bool(t.gradient_checkpointing),
+        out["finetune"] = {"tokens_per_batch": tokens, "batch": _batch_words(t, tokens), "gradient_checkpointing": bool(t.gradient_checkpointing),
                            "parts": train_parts(cfg, shape, tokens, bool(t.gradient_checkpointing))}
     if cfg.eval.batch_tokens != "auto":
         tokens = eval_tokens(cfg, longest_test)
-        out["eval"] = {"tokens_per_batch": tokens, "parts": eval_parts(cfg, shape, tokens)}
+        out["eval"] = {"tokens_per_batch": tokens, "batch": _batch_words(cfg.eval, tokens), "parts": eval_parts(cfg, shape, tokens)}
     for est in out.values():
         est["total_bytes"] = total(est["parts"])
     return out
@@ -133,7 +139,7 @@ def check(cfg: RunConfig, estimates: dict, limit: float | None, key: str) -> Non
                  if stage == "finetune" else "eval.batch_tokens (or eval.batch_size), eval.share_prefix: false")
         raise MemoryPlanError(
             f"{key}: the {stage} stage needs about {est['total_bytes'] / GiB:.1f} GiB ({describe(est['parts'])}, "
-            f"batches of {est['tokens_per_batch']} tokens), over the {_allowance(limit, key)}; lower "
+            f"{est['batch']}), over the {_allowance(limit, key)}; lower "
             f"{knobs}, or task.max_length, or raise {key}")
     for stage in ("finetune", "eval"):
         if stage not in estimates:
@@ -170,7 +176,7 @@ def lines(memory: dict) -> list[str]:
             continue
         ckpt = f", gradient checkpointing {'on' if est['gradient_checkpointing'] else 'off'}" \
             if stage == "finetune" else ""
-        out.append(f"  {stage}: batches of <= {est['tokens_per_batch']} tokens{ckpt}: {describe(est['parts'])}")
+        out.append(f"  {stage}: {est['batch']}{ckpt}: {describe(est['parts'])}")
     return out
 
 
@@ -181,13 +187,17 @@ def planned_estimate(paths, stage: str) -> dict | None:
     return read_json(paths.memory_plan)["stages"].get(stage)
 
 
+def _left_open(cfg: RunConfig, stage: str) -> bool:
+    """Whether a stage's batches (or the fine-tune's checkpointing) are still "auto"."""
+    if stage == "finetune":
+        return "auto" in (cfg.train.batch_tokens, cfg.train.gradient_checkpointing)
+    return cfg.eval.batch_tokens == "auto"
+
+
 def resolve_in_stage(cfg: RunConfig, stage: str) -> RunConfig:
     """A stage's config with what the plan left "auto" (a GPU without resources.gpu_mem_gb) chosen now,
     from the free memory of this process's GPU."""
-    t = cfg.train
-    unresolved = (t.batch_tokens == "auto" or t.gradient_checkpointing == "auto") if stage == "finetune" \
-        else cfg.eval.batch_tokens == "auto"
-    if not unresolved:
+    if not _left_open(cfg, stage):
         return cfg
     import torch
 
@@ -197,8 +207,7 @@ def resolve_in_stage(cfg: RunConfig, stage: str) -> RunConfig:
     free, _ = torch.cuda.mem_get_info()
     resolved = resolve(cfg, model_shape(cfg, model_config(cfg)), free * GPU_FREE_SHARE,
                        cfg.train.batch_size * cfg.task.max_length)
-    if stage in ("finetune" if "auto" in (resolved.train.batch_tokens, resolved.train.gradient_checkpointing) else (),
-                 "eval" if resolved.eval.batch_tokens == "auto" else ()):
+    if _left_open(resolved, stage):
         raise MemoryPlanError(f"{stage}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
                               f"{GPU_FREE_SHARE:.0%} of the {free / GiB:.1f} GiB free on this GPU")
     log.info("%s: chose from %.1f GiB free on the GPU: train batch_tokens %s, gradient checkpointing %s, eval "

@@ -71,6 +71,17 @@ def batch_tokens(rows: list[int], widths, ways: int = 1) -> int:
     return math.ceil(len(rows) / ways) * sum(map(max, zip(*parts)))
 
 
+def budget_for_rows(rows: int, cut, longest: int) -> int:
+    """The smallest token budget whose batches hold at least `rows` pairs on average; cut(budget) returns the
+    batches of a budget. To compare batches by tokens with batches of `rows` pairs at the same pairs per step."""
+    lo, hi = longest, rows * longest
+    while lo < hi:
+        mid = (lo + hi) // 2
+        batches = cut(mid)
+        lo, hi = (mid + 1, hi) if sum(map(len, batches)) / len(batches) < rows else (lo, mid)
+    return lo
+
+
 def epoch_batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by_length: bool) -> list[list[int]]:
     """The batch order of one epoch: a function of (seed, epoch) alone, so a resumed run can skip ahead.
 
