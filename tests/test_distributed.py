@@ -58,7 +58,8 @@ def test_two_processes_train_like_one_with_twice_the_batch(one_and_two):
     agree = sum(a == b for a, b in zip(preds["one"], preds["two"])) / len(preds["one"])
     assert agree >= 0.99, f"fine-tuned predictions agree on {agree:.1%}"
     report = two.report_md.read_text()
-    assert "| training processes | 2 on 1 node(s), batch 4 per process, effective batch 8 |" in report
+    assert ("| training processes | 2 on 1 node(s), batch 4 pairs per process, 8.0 pairs per optimizer step, "
+            "gradient checkpointing off |") in report
 
 
 def test_two_nodes_train_like_one_process(one_and_two, tmp_path):
@@ -73,7 +74,8 @@ def test_two_nodes_train_like_one_process(one_and_two, tmp_path):
     assert len(diffs) == 6 and max(diffs) <= LOSS_TOLERANCE, (m1["loss_curve"], m2["loss_curve"])
     jobs = json.loads(nodes.plan.read_text())["submissions"][0]["jobs"]
     assert wait_done([jobs["finetune"]])[jobs["finetune"]]["state"] == "COMPLETED"
-    assert "| training processes | 2 on 2 node(s), batch 4 per process, effective batch 8 |" in nodes.report_md.read_text()
+    assert ("| training processes | 2 on 2 node(s), batch 4 pairs per process, 8.0 pairs per optimizer step, "
+            "gradient checkpointing off |") in nodes.report_md.read_text()
 
 
 def rank_pid(job_id: str, rank: int) -> int | None:

@@ -13,7 +13,7 @@ from hpcnli.run.paths import MODELS, RunPaths
 
 def test_output_tree(smoke_run):
     p = smoke_run
-    for f in (p.config, p.test_manifest, p.train_metrics, p.report_md, p.report_json,
+    for f in (p.config, p.test_manifest, p.memory_plan, p.train_metrics, p.report_md, p.report_json,
               p.adapter / "adapter_config.json", p.adapter / "adapter_model.safetensors", p.plot("accuracy"),
               p.plot("confusion"), p.plot("loss"), p.plot("shards"), p.run_dir.parent / "report.md"):
         assert f.is_file(), f
@@ -85,7 +85,8 @@ def test_results_index_stays_in_output_root(smoke_run, tmp_path):
 
 def test_outputs_follow_the_umask(smoke_run):
     """Files are readable by the group and others as the umask allows (mkstemp alone would make them 0600)."""
-    for f in (smoke_run.report_json, smoke_run.report_md, smoke_run.shard_predictions("base", 0), smoke_run.config):
+    for f in (smoke_run.report_json, smoke_run.report_md, smoke_run.shard_predictions("base", 0), smoke_run.config,
+              smoke_run.memory_plan, smoke_run.adapter / "adapter_model.safetensors"):
         assert f.stat().st_mode & 0o777 == 0o666 & ~TEST_UMASK, f
 
 
