@@ -118,10 +118,12 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
         "adapter_sha256": adapter_sha256(paths) if model_kind == "finetuned" else None,
         "runtime_s": runtime, "model_load_s": load_s, "weights_from": weights_from,
         "examples_per_s": len(rows) / runtime if runtime > 0 else None,
-        "batch_size": cfg.eval.batch_size, "batch_tokens": cfg.eval.batch_tokens, "dtype": dtype_name(stage_dtype(cfg.model.dtype, "eval")), "weights": cfg.eval.weights,
+        "batch_size": cfg.eval.batch_size, "batch_tokens": cfg.eval.batch_tokens,
+        "dtype": dtype_name(stage_dtype(cfg.model.dtype, "eval")), "weights": cfg.eval.weights,
         "share_prefix": cfg.eval.share_prefix,
         "quantized_4bit": cfg.quantization.load_in_4bit, "device": device_name(),
-        "memory": peak_memory(rss_before), "memory_estimate": planned_estimate(paths, "eval"), "started_at": started,
+        "memory": peak_memory(rss_before), "memory_estimate": planned_estimate(paths, "eval"),
+        "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(), "job": job or {},
     }
     write_json(paths.shard_metrics(model_kind, shard), metrics)
