@@ -140,7 +140,7 @@ class ResourcesConfig:
     mem_gb: int = 8
     # The GPU memory a stage may use, per GPU: the plan refuses a run whose estimated peak exceeds it and
     # sizes "auto" batches to it. None: the plan cannot check it, and "auto" takes 85% of the free memory
-    # of the GPU the stage finds itself on.
+    # of the GPU the stage finds itself on (one training process only: several must cut the same batches).
     gpu_mem_gb: float | None = None
     gpus_per_node: int = 0  # 0 = no GPU request is sent to Slurm; > 0: one training process per GPU
     # Training processes per node where there are no GPUs (data parallel over gloo); None = 1.

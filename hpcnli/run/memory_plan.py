@@ -152,8 +152,13 @@ def plan_memory(cfg: RunConfig, model_config, train_lengths: list[int] | None,
                 longest_test: int) -> tuple[RunConfig, dict]:
     """Resolve "auto", estimate each stage, refuse what does not fit: (resolved config, memory plan).
     train_lengths: every training prompt's tokens (None when too many to tokenize at planning time)."""
-    shape = model_shape(cfg, model_config)
     limit, key = ceiling(cfg)
+    if limit is None and cfg.resources.train_processes > 1 and _left_open(cfg, "finetune"):
+        # each process would size its batches from its own GPU's free memory, and they must cut the same batches
+        raise MemoryPlanError(f"{key}: train.batch_tokens or train.gradient_checkpointing is 'auto' with "
+                              f"{cfg.resources.train_processes} training processes; set {key} (the memory each "
+                              "GPU may use) so that the plan chooses one budget for all of them")
+    shape = model_shape(cfg, model_config)
     worst = worst_train_batch(cfg, train_lengths)
     resolved = resolve(cfg, shape, limit, worst)
     estimates = stage_estimates(resolved, shape, worst, longest_test)
