@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.memory_estimate import measured_mb
 from hpcnli.io import read_json
 from hpcnli.run.paths import MODELS, RunPaths
 
 
 def peak_gb(memory: dict) -> str:
-    if "gpu_peak_allocated_mb" in memory:
-        return f"{memory['gpu_peak_allocated_mb'] / 1024:.1f} GB allocated ({memory['gpu_peak_reserved_mb'] / 1024:.1f} reserved)"
-    return f"{memory.get('work_peak_rss_mb', 0) / 1024:.2f} GB resident (CPU)"
+    mb, kind = measured_mb(memory)
+    reserved = f", {memory['gpu_peak_reserved_mb'] / 1024:.1f} reserved" if "gpu_peak_reserved_mb" in memory else ""
+    return f"{(mb or 0) / 1024:.2f} GB {kind}{reserved}"
 
 
 def run_rows(paths: RunPaths) -> list[str]:
@@ -30,7 +31,7 @@ def run_rows(paths: RunPaths) -> list[str]:
         secs = sum(s["runtime_s"] for s in shards)
         loads = ", ".join(f"{s['model_load_s']:.1f} ({s.get('weights_from', 'loaded')})" for s in shards)
         batch = cfg.get("eval", {}).get("batch_tokens") or f"{cfg.get('eval', {}).get('batch_size')} pairs"
-        worst = max(shards, key=lambda s: s["memory"].get("gpu_peak_allocated_mb", s["memory"].get("work_peak_rss_mb", 0)))
+        worst = max(shards, key=lambda s: measured_mb(s["memory"])[0] or 0)
         total_s = secs + sum(s["model_load_s"] for s in shards)
         rows.append(f"| {paths.name} | eval {model} | {n / secs:,.0f} pairs/s per shard ({n:,} pairs in {len(shards)} "
                     f"shard(s), batch {batch}; {n / total_s:,.0f} pairs/s with loading) | {loads} | {peak_gb(worst['memory'])} |")

@@ -23,7 +23,7 @@ from hpcnli.io import follow_umask, read_json, write_json, write_jsonl
 from hpcnli.logs import setup_logging
 from hpcnli.model.loading import (dtype_name, import_model_libraries, load_eval_model, load_saved_eval_model,
                                   load_tokenizer, save_eval_model, stage_dtype)
-from hpcnli.model.memory import device_name, peak_memory, release_freed_memory, reset_peak_memory, resident_mb
+from hpcnli.model.memory import device_name, peak_memory, reset_peak_memory, resident_mb
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import MODELS, RunPaths
 from hpcnli.run.state import adapter_sha256, test_set_changed, training_done
@@ -48,7 +48,8 @@ def shard_examples(cfg, manifest: dict, shard: int) -> list[dict]:
 
 def _weights_inputs(cfg, paths: RunPaths, model_kind: str) -> dict:
     """What an eval model's weights depend on: the base model, its quantization, the eval dtype, the adapter."""
-    return {"model": cfg.to_dict()["model"], "quantization": cfg.to_dict()["quantization"],
+    d = cfg.to_dict()
+    return {"model": d["model"], "quantization": d["quantization"],
             "dtype": dtype_name(stage_dtype(cfg.model.dtype, "eval")),
             "adapter_sha256": adapter_sha256(paths) if model_kind == "finetuned" else None}
 
@@ -105,7 +106,6 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     model.eval()
     load_s = time.perf_counter() - t_load
 
-    release_freed_memory()
     reset_peak_memory()
     t0 = time.perf_counter()
     rows = predict(model, tokenizer, cfg, examples)

@@ -32,7 +32,7 @@ from hpcnli.io import follow_umask, read_json, write_json
 from hpcnli.logs import setup_logging
 from hpcnli.model.loading import (add_lora, dtype_name, import_model_libraries, load_base_model, load_tokenizer,
                                   narrow_output_layer, stage_dtype)
-from hpcnli.model.memory import (count_parameters, device_name, peak_memory, release_freed_memory, reset_peak_memory,
+from hpcnli.model.memory import (count_parameters, device_name, peak_memory, reset_peak_memory,
                                  resident_mb)
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import RunPaths
@@ -183,7 +183,6 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
     elif done:  # stale checkpoints: a later checkpoint of this run must not sit beside them
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     model.train()
-    release_freed_memory()
     reset_peak_memory()
 
     window = []
@@ -230,7 +229,6 @@ def run(cfg, paths: RunPaths) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    t = cfg.train
     if training_problem(cfg, paths) is None:
         # A requeued job, or slurm/finetune.sh sent again, after the adapter was written: nothing to redo.
         log.info("the adapter in %s is complete and current; not training again", paths.adapter)

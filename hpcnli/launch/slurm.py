@@ -22,6 +22,7 @@ from hpcnli.logs import setup_logging
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import MODELS, RunPaths
 from hpcnli.run.state import progress_line, remaining_work
+from hpcnli.run.time_plan import MAX_REQUEUES
 
 log = logging.getLogger(__name__)
 SubmissionRefused = submitit.core.utils.FailedJobError  # what submitit raises when sbatch refuses a job
@@ -38,7 +39,7 @@ def _job_setup() -> JobEnvironment:
 def executor_for(cfg: RunConfig, paths: RunPaths, stage: str) -> submitit.SlurmExecutor:
     """An executor with the run's resources; `stage` is finetune, eval-<model> or reduce."""
     r = cfg.resources
-    ex = submitit.SlurmExecutor(folder=paths.submitit_folder, max_num_timeout=3)
+    ex = submitit.SlurmExecutor(folder=paths.submitit_folder, max_num_timeout=MAX_REQUEUES)
     params = dict(job_name=f"hpcnli-{stage}", partition=r.partition, time=r.time_min,
                   cpus_per_task=r.cpus_per_task, mem=f"{r.mem_gb}G", nodes=1, ntasks_per_node=1,
                   account=r.account, qos=r.qos, constraint=r.constraint,

@@ -33,10 +33,10 @@ def resident_mb() -> float | None:
     return _status_mb("VmRSS")
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed while loading back to the system before the work starts: the GPU's cached blocks,
-    and on glibc the free heap (malloc_trim), which otherwise stays resident and counts against a Slurm
-    memory limit (an eval shard that built its weights held 1.9 GB resident instead of 0.7 GB)."""
+def _release_freed_memory() -> None:
+    """Hand memory freed while loading back to the system: the GPU's cached blocks, and on glibc the free
+    heap (malloc_trim), which otherwise stays resident and counts against a Slurm memory limit (an eval
+    shard that built its weights held 1.9 GB resident instead of 0.7 GB)."""
     import ctypes
     import ctypes.util
     import gc
@@ -52,8 +52,10 @@ def release_freed_memory() -> None:
 
 
 def reset_peak_memory() -> None:
-    """Start the peaks afresh: the GPU's counters, and the process's resident peak (Linux clear_refs 5),
-    so that a stage's peak is that of its work, not of loading the model."""
+    """Start the peaks afresh once the model is loaded: hand back what loading freed, then reset the GPU's
+    counters and the process's resident peak (Linux clear_refs 5), so that a stage's peak is that of its
+    work, not of loading the model."""
+    _release_freed_memory()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:

@@ -8,6 +8,12 @@ from pathlib import Path
 MODELS = ("base", "finetuned")
 
 
+def _model(model: str) -> str:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    return model
+
+
 @dataclass(frozen=True)
 class RunPaths:
     run_dir: Path
@@ -83,9 +89,7 @@ class RunPaths:
         return self.run_dir / "eval_weights"
 
     def eval_weights(self, model: str) -> Path:
-        if model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-        return self.eval_weights_root / model
+        return self.eval_weights_root / _model(model)
 
     def eval_weights_lock(self, model: str) -> Path:
         return self.eval_weights_root / f".{model}.lock"
@@ -99,9 +103,7 @@ class RunPaths:
         return self.run_dir / "test_set.json"
 
     def shard_dir(self, model: str) -> Path:
-        if model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-        return self.run_dir / "predictions" / model
+        return self.run_dir / "predictions" / _model(model)
 
     def shard_predictions(self, model: str, shard: int) -> Path:
         return self.shard_dir(model) / f"shard_{shard:04d}.jsonl"

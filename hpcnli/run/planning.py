@@ -112,10 +112,9 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     if len({e["id"] for e in test.examples}) != len(test.examples):
         raise PlanError(f"data.test: {test.source} has duplicated example ids")
     tokenizer, config = check_model(cfg)
-    test_lengths = prompt_lengths(tokenizer, cfg, test)
-    cfg, memory = plan_memory(cfg, config, prompt_lengths(tokenizer, cfg, train),
-                              max(test_lengths) if test_lengths else cfg.task.max_length)
-    memory["time"] = time_plan.estimate(cfg, tokenizer, train.examples)
+    train_lengths, test_lengths = prompt_lengths(tokenizer, cfg, train), prompt_lengths(tokenizer, cfg, test)
+    cfg, memory = plan_memory(cfg, config, train_lengths, max(test_lengths) if test_lengths else cfg.task.max_length)
+    memory["time"] = time_plan.estimate(cfg, tokenizer, train.examples, train_lengths)
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:

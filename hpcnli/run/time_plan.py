@@ -1,6 +1,6 @@
 """The fine-tune's time, estimated before it is queued from the throughput of the last run of the same model.
 
-    tokens to train = pairs to train x mean prompt tokens (a sample of the training pairs)
+    tokens to train = pairs to train x mean prompt tokens (of the lengths the plan measured, else a sample)
     time            = tokens / the prompt tokens per second of the last finished fine-tune of this model
                       in output_root (on the same kind of device: GPU or CPU)
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from hpcnli.config import RunConfig
 from hpcnli.io import RunFileError, read_json
 
-MAX_REQUEUES = 3  # launch.slurm: submitit's max_num_timeout for the fine-tune
-SAMPLE = 5000  # training pairs tokenized for the mean prompt length
+MAX_REQUEUES = 3  # submitit's max_num_timeout (launch.slurm): requeues of a job on time-out
+SAMPLE = 5000  # training pairs tokenized for the mean prompt length when the plan has no lengths
 
 
 def pairs_to_train(cfg: RunConfig, n_train: int, mean_tokens: float) -> float:
@@ -40,21 +40,24 @@ def last_throughput(cfg: RunConfig, gpu: bool) -> tuple[float, str] | None:
             continue
         same_model = run_cfg.get("model", {}).get("name_or_path") == cfg.model.name_or_path
         same_device = ("cpu" not in str(metrics.get("device", "cpu")).lower()) == gpu
-        if same_model and same_device and metrics.get("tokens_per_s") and (best is None or
-                                                                           metrics_file.stat().st_mtime > best[0]):
-            best = (metrics_file.stat().st_mtime, metrics["tokens_per_s"], metrics_file.parent.name)
+        when = metrics_file.stat().st_mtime
+        if same_model and same_device and metrics.get("tokens_per_s") and (best is None or when > best[0]):
+            best = (when, metrics["tokens_per_s"], metrics_file.parent.name)
     return None if best is None else (best[1], best[2])
 
 
-def estimate(cfg: RunConfig, tokenizer, train_examples: list[dict]) -> dict | None:
-    """The fine-tune's estimated minutes and the jobs it takes, or None when no earlier run gives a throughput."""
+def estimate(cfg: RunConfig, tokenizer, train_examples: list[dict], lengths: list[int] | None) -> dict | None:
+    """The fine-tune's estimated minutes and the jobs it takes, or None when no earlier run gives a throughput.
+    lengths: every training prompt's tokens, when the plan measured them."""
     from hpcnli.scoring.prompts import tokenize_prompts
 
     known = last_throughput(cfg, cfg.resources.gpus_per_node > 0)
     if known is None or not train_examples:
         return None
-    sample = random.Random(0).sample(train_examples, min(SAMPLE, len(train_examples)))
-    mean_tokens = sum(map(len, tokenize_prompts(tokenizer, cfg, sample))) / len(sample)
+    if not lengths:
+        sample = random.Random(0).sample(train_examples, min(SAMPLE, len(train_examples)))
+        lengths = [len(p) for p in tokenize_prompts(tokenizer, cfg, sample)]
+    mean_tokens = sum(lengths) / len(lengths)
     tokens = pairs_to_train(cfg, len(train_examples), mean_tokens) * mean_tokens
     minutes = tokens / known[0] / 60
     return {"minutes": minutes, "tokens_per_s": known[0], "from_run": known[1],
