@@ -1,13 +1,13 @@
 # Two commands on a fresh machine (each does its own set-up):
 #   make run    # the embedded default: fine-tune, sharded eval, report, all on this machine, offline
-#   make test   # starts the local Slurm cluster (as root) and runs the whole test suite against it
+#   make test   # lints (make lint), starts the local Slurm cluster (as root) and runs the whole test suite against it
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 SLURM_DIR ?= /tmp/hpcnli-slurm
 
-.PHONY: setup run test cluster-up cluster-down bench
+.PHONY: setup run lint test cluster-up cluster-down bench
 
 setup: $(VENV)/.installed
 
@@ -29,7 +29,15 @@ cluster-up:
 cluster-down:
 	HPCNLI_SLURM_DIR=$(SLURM_DIR) slurm/local-cluster.sh down
 
-test: setup cluster-up
+# ruff and mypy are configured in pyproject.toml; every command runs, and any finding fails the target.
+lint: setup
+	@status=0; \
+	$(PY) -m ruff check hpcnli tests bench || status=1; \
+	$(PY) -m ruff format --check hpcnli tests bench || status=1; \
+	$(PY) -m mypy hpcnli || status=1; \
+	exit $$status
+
+test: setup lint cluster-up
 	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra --durations=15 tests
 
 bench: setup

@@ -48,10 +48,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     overrides = [f"data.test={args.data}", "data.max_test_examples=0"]
     examples = nli.load_split(load_config(args.config, overrides), "test").examples
-    examples = examples[:args.examples] if args.examples else examples
+    examples = examples[: args.examples] if args.examples else examples
     model = "fine-tuned" if args.adapter else "base"
-    print(f"{len(examples)} pairs of {args.data}, {model} model; {memory.device_name()}; "
-          f"bf16 fast here: {loading.fast_bf16()}", flush=True)
+    print(
+        f"{len(examples)} pairs of {args.data}, {model} model; {memory.device_name()}; "
+        f"bf16 fast here: {loading.fast_bf16()}",
+        flush=True,
+    )
 
     runs = {dtype: score(args.config, overrides, args.adapter, dtype, examples) for dtype in ("float32", "bfloat16")}
     print("\n| dtype | seconds | pairs/s | accuracy |\n|---|---|---|---|")
@@ -63,10 +66,14 @@ def main(argv=None) -> None:
     ties = sum(margin(a["scores"]) < NEAR_TIE for a, _ in differ)
     near = sum(margin(a["scores"]) < NEAR_TIE for a in fp32)
     worst = max((abs(x - y) for a, b in zip(fp32, bf16) for x, y in zip(a["scores"], b["scores"])), default=0.0)
-    print(f"\nagreement: {100 * (1 - len(differ) / len(fp32)):.2f}% ({len(differ)} of {len(fp32)} pairs differ; "
-          f"{ties} of those are near-ties, float32 margin < {NEAR_TIE} nats; {near} pairs are near-ties in all)")
-    print(f"greatest score difference: {worst:.3f} nats; largest float32 margin among disagreements: "
-          f"{max((margin(a['scores']) for a, _ in differ), default=0.0):.3f}")
+    print(
+        f"\nagreement: {100 * (1 - len(differ) / len(fp32)):.2f}% ({len(differ)} of {len(fp32)} pairs differ; "
+        f"{ties} of those are near-ties, float32 margin < {NEAR_TIE} nats; {near} pairs are near-ties in all)"
+    )
+    print(
+        f"greatest score difference: {worst:.3f} nats; largest float32 margin among disagreements: "
+        f"{max((margin(a['scores']) for a, _ in differ), default=0.0):.3f}"
+    )
 
 
 if __name__ == "__main__":

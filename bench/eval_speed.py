@@ -19,6 +19,7 @@ row. --profile instead shows where the default path spends its time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import queue
@@ -61,8 +62,9 @@ def per_example_loop(model, tokenizer, cfg, examples) -> list[int]:
     preds = []
     with torch.inference_mode():
         for e in examples:
-            ids = tokenizer(prompts.format_prompt(cfg.task.prompt, e), return_tensors="pt",
-                            add_special_tokens=False).input_ids
+            ids = tokenizer(
+                prompts.format_prompt(cfg.task.prompt, e), return_tensors="pt", add_special_tokens=False
+            ).input_ids
             logits = model(input_ids=ids).logits[0, -1]
             preds.append(int(torch.argmax(logits[label_ids])))
     return preds
@@ -86,14 +88,16 @@ def profile_predict(model, tokenizer, cfg, examples) -> None:
     print(ops.table(sort_by="self_cpu_time_total", row_limit=12))
     total_us = sum(op.self_cpu_time_total for op in ops)
     mm_us = sum(op.self_cpu_time_total for op in ops if op.key in products)
-    print(f"matrix products: {100 * mm_us / total_us:.0f}% of operator time, {mm_flops / 1e12:.2f} TFLOP in "
-          f"{mm_us / 1e6:.1f} s = {mm_flops / mm_us / 1e3:.0f} GFLOP/s")
+    print(
+        f"matrix products: {100 * mm_us / total_us:.0f}% of operator time, {mm_flops / 1e12:.2f} TFLOP in "
+        f"{mm_us / 1e6:.1f} s = {mm_flops / mm_us / 1e3:.0f} GFLOP/s"
+    )
 
 
 def matching_budget(cfg, prompt_ids: list[list[int]]) -> int:
     """The token budget whose batches hold, on average, as many pairs as eval.batch_size (whole prompts,
     length-sorted, as the engine cuts them), at least task.max_length."""
-    from hpcnli.scoring.batching import BatchRule, budget_for_rows
+    from hpcnli.data.batching import BatchRule, budget_for_rows
 
     lengths = [len(p) for p in prompt_ids]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -129,7 +133,9 @@ def shards_at_once(config: str, overrides: list[str], adapter, examples: list[di
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(n), ctx.Queue()
     slices = [examples[slice(*nli.shard_bounds(len(examples), n, k))] for k in range(n)]
-    procs = [ctx.Process(target=_shard_worker, args=(config, overrides, adapter, part, barrier, out)) for part in slices]
+    procs = [
+        ctx.Process(target=_shard_worker, args=(config, overrides, adapter, part, barrier, out)) for part in slices
+    ]
     for proc in procs:
         proc.start()
     results = {}
@@ -159,21 +165,53 @@ def lm_eval_harness(binary: str, cfg, examples: list[dict], dtype: str) -> dict:
     command = [binary, "-m", "lm_eval"] if Path(binary).name.startswith("python") else [binary]
     with tempfile.TemporaryDirectory(prefix="hpcnli-lmeval-") as tmp:
         tmp = Path(tmp)
-        write_jsonl(tmp / "examples.jsonl", [{"prompt": prompts.format_prompt(cfg.task.prompt, e),
-                                              "label": e["label"]} for e in examples])
-        task = {"task": HARNESS_TASK, "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(tmp / "examples.jsonl")}}, "test_split": "test",
-                "output_type": "multiple_choice", "doc_to_text": "{{prompt}}",
-                "doc_to_choice": [w.removeprefix(" ") for w in cfg.task.label_words], "doc_to_target": "label",
-                "metric_list": [{"metric": "acc"}]}
+        write_jsonl(
+            tmp / "examples.jsonl",
+            [{"prompt": prompts.format_prompt(cfg.task.prompt, e), "label": e["label"]} for e in examples],
+        )
+        task = {
+            "task": HARNESS_TASK,
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(tmp / "examples.jsonl")}},
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": "{{prompt}}",
+            "doc_to_choice": [w.removeprefix(" ") for w in cfg.task.label_words],
+            "doc_to_target": "label",
+            "metric_list": [{"metric": "acc"}],
+        }
         (tmp / f"{HARNESS_TASK}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "HF_DATASETS_CACHE": str(tmp / "datasets")}  # the examples leave no copy behind
-        proc, wall_s = timed(lambda: subprocess.run(
-            [*command, "--model", "hf", "--model_args", f"pretrained={where},dtype={dtype}", "--tasks", HARNESS_TASK,
-             "--include_path", str(tmp), "--batch_size", str(HARNESS_BATCH), "--device", "cpu",
-             "--output_path", str(tmp / "out"), "--log_samples"],
-            env=env, capture_output=True, text=True))
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(tmp / "datasets"),
+        }  # the examples leave no copy behind
+        proc, wall_s = timed(
+            lambda: subprocess.run(
+                [
+                    *command,
+                    "--model",
+                    "hf",
+                    "--model_args",
+                    f"pretrained={where},dtype={dtype}",
+                    "--tasks",
+                    HARNESS_TASK,
+                    "--include_path",
+                    str(tmp),
+                    "--batch_size",
+                    str(HARNESS_BATCH),
+                    "--device",
+                    "cpu",
+                    "--output_path",
+                    str(tmp / "out"),
+                    "--log_samples",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+        )
         if proc.returncode != 0:
             raise SystemExit(f"lm_eval exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
         results = json.loads(next((tmp / "out").rglob("results_*.json")).read_text())
@@ -187,36 +225,73 @@ def lm_eval_harness(binary: str, cfg, examples: list[dict], dtype: str) -> dict:
     if bar:
         h, m, s = bar[-1]
         scoring_s = 3600 * int(h or 0) + 60 * int(m) + int(s)
-    return {"version": results["lm_eval_version"], "acc": results["results"][HARNESS_TASK]["acc,none"],
-            "preds": preds, "wall_s": wall_s, "scoring_s": scoring_s}
+    return {
+        "version": results["lm_eval_version"],
+        "acc": results["results"][HARNESS_TASK]["acc,none"],
+        "preds": preds,
+        "wall_s": wall_s,
+        "scoring_s": scoring_s,
+    }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=300, help="the first N labelled pairs of --data (default: %(default)s)")
-    parser.add_argument("--data", default=str(Path("..") / "shared" / "snli" / "test.jsonl"),
-                        help="test file (default: %(default)s; 'synthetic' works offline anywhere)")
+    parser.add_argument(
+        "--examples", type=int, default=300, help="the first N labelled pairs of --data (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data",
+        default=str(Path("..") / "shared" / "snli" / "test.jsonl"),
+        help="test file (default: %(default)s; 'synthetic' works offline anywhere)",
+    )
     parser.add_argument("--config", default="jobs/default.yaml")
-    parser.add_argument("--adapter", type=Path,
-                        help="a run's adapter directory: the batched rows score the fine-tuned model (use that run's "
-                             "config.yaml as --config)")
-    parser.add_argument("--prompt", choices=["config", *PROMPTS], default="config",
-                        help="'harness': the harness-style prompt and label words True/Neither/False for every row")
-    parser.add_argument("--shards", type=int, default=len(os.sched_getaffinity(0)),
-                        help="a row with this many 1-thread shards at once, as eval_cpus_per_task: 1 runs them on a node "
-                             "with that many CPUs (default: the CPUs here, %(default)s; 1 leaves the row out)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds of all rows, interleaved; each row reports its fastest round (default: %(default)s)")
-    parser.add_argument("--batch-tokens", type=int,
-                        help="a row of the default path by token budget (eval.batch_tokens); default: the budget whose "
-                             "batches hold eval.batch_size pairs on average over these examples")
-    parser.add_argument("--batches", action="store_true",
-                        help="only the default path in batches of eval.batch_size pairs against batches of --batch-tokens, "
-                             "one model loaded once for both, --repeat interleaved rounds")
-    parser.add_argument("--profile", action="store_true",
-                        help="only profile the default path once (torch.profiler) instead of the table")
-    parser.add_argument("--lm-eval", metavar="BIN",
-                        help="python or lm_eval of a venv with lm-evaluation-harness (bench/lm_eval_venv.sh makes one)")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="a run's adapter directory: the batched rows score the fine-tuned model (use that run's "
+        "config.yaml as --config)",
+    )
+    parser.add_argument(
+        "--prompt",
+        choices=["config", *PROMPTS],
+        default="config",
+        help="'harness': the harness-style prompt and label words True/Neither/False for every row",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="a row with this many 1-thread shards at once, as eval_cpus_per_task: 1 runs them on a node "
+        "with that many CPUs (default: the CPUs here, %(default)s; 1 leaves the row out)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of all rows, interleaved; each row reports its fastest round (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="a row of the default path by token budget (eval.batch_tokens); default: the budget whose "
+        "batches hold eval.batch_size pairs on average over these examples",
+    )
+    parser.add_argument(
+        "--batches",
+        action="store_true",
+        help="only the default path in batches of eval.batch_size pairs against batches of --batch-tokens, "
+        "one model loaded once for both, --repeat interleaved rounds",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile the default path once (torch.profiler) instead of the table",
+    )
+    parser.add_argument(
+        "--lm-eval",
+        metavar="BIN",
+        help="python or lm_eval of a venv with lm-evaluation-harness (bench/lm_eval_venv.sh makes one)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.shards < 1:
         parser.error("--repeat and --shards: must be >= 1")
@@ -253,15 +328,21 @@ def print_harness_comparison(harness: dict, rows, compared_labels, examples) -> 
     base_preds = rows[0][2]
     accuracy = sum(p == e["label"] for p, e in zip(base_preds, examples)) / len(examples)
     same = sum(a == b for a, b in zip(harness["preds"], base_preds)) / len(examples)
-    print("\nThe harness computes logits at every position over the whole vocabulary; its logits cache gives the "
-          "three one-token choices one forward pass per example, as here. Its scoring loop is timed by its "
-          "progress bar (1 s resolution).")
+    print(
+        "\nThe harness computes logits at every position over the whole vocabulary; its logits cache gives the "
+        "three one-token choices one forward pass per example, as here. Its scoring loop is timed by its "
+        "progress bar (1 s resolution)."
+    )
     for label, secs, _ in (row for row in rows if row[0] in compared_labels):
-        print(f"{label.split(' (')[0]} / harness: "
-              + (f"{harness['scoring_s'] / secs:.2f}x scoring loop, " if harness["scoring_s"] else "")
-              + f"{harness['wall_s'] / secs:.2f}x whole subprocess")
-    print(f"harness accuracy {100 * harness['acc']:.1f}%, per-example fp32 loop {100 * accuracy:.1f}% "
-          f"(same unquantized weights); their predictions agree on {100 * same:.1f}%")
+        print(
+            f"{label.split(' (')[0]} / harness: "
+            + (f"{harness['scoring_s'] / secs:.2f}x scoring loop, " if harness["scoring_s"] else "")
+            + f"{harness['wall_s'] / secs:.2f}x whole subprocess"
+        )
+    print(
+        f"harness accuracy {100 * harness['acc']:.1f}%, per-example fp32 loop {100 * accuracy:.1f}% "
+        f"(same unquantized weights); their predictions agree on {100 * same:.1f}%"
+    )
 
 
 def compare_batches(args, cfg, overrides, tokenizer, examples) -> None:
@@ -270,13 +351,16 @@ def compare_batches(args, cfg, overrides, tokenizer, examples) -> None:
     budget = args.batch_tokens or matching_budget(cfg, prompts.tokenize_prompts(tokenizer, cfg, examples))
     model = loading.load_eval_model(cfg, args.adapter).eval()
     predict(model, tokenizer, cfg, examples[:32])  # warm-up
-    rows = {f"{cfg.eval.batch_size} pairs per batch (eval.batch_size)": cfg,
-            f"<= {budget} tokens per batch (eval.batch_tokens={budget})":
-                load_config(args.config, [*overrides, f"eval.batch_tokens={budget}"])}
+    rows = {
+        f"{cfg.eval.batch_size} pairs per batch (eval.batch_size)": cfg,
+        f"<= {budget} tokens per batch (eval.batch_tokens={budget})": load_config(
+            args.config, [*overrides, f"eval.batch_tokens={budget}"]
+        ),
+    }
     best: dict[str, tuple[float, list]] = {}
     for _ in range(args.repeat):
         for label, row_cfg in rows.items():
-            out, secs = timed(lambda: predict(model, tokenizer, row_cfg, examples))
+            out, secs = timed(functools.partial(predict, model, tokenizer, row_cfg, examples))
             if label not in best or secs < best[label][0]:
                 best[label] = (secs, [r["pred"] for r in out])
     first = next(iter(best.values()))
@@ -292,9 +376,10 @@ def main(argv=None) -> None:
     overrides = [f"data.test={args.data}", "data.max_test_examples=0", *prompt_overrides(args.prompt)]
     cfg = load_config(args.config, overrides)
     if args.lm_eval and not all(w.startswith(" ") for w in cfg.task.label_words):
-        parser.error("--lm-eval: the harness puts a space before each choice; every task.label_words entry "
-                     "must start with one")
-    examples = nli.load_split(cfg, "test").examples[:args.examples]  # in file order, as a shard gets them
+        parser.error(
+            "--lm-eval: the harness puts a space before each choice; every task.label_words entry must start with one"
+        )
+    examples = nli.load_split(cfg, "test").examples[: args.examples]  # in file order, as a shard gets them
     args.shards = min(args.shards, len(examples))
     tokenizer = loading.load_tokenizer(cfg)
     prompts.label_token_ids(tokenizer, cfg.task.label_words)  # one token each, checked before any model loads
@@ -312,8 +397,10 @@ def main(argv=None) -> None:
     adapter = ", adapter merged" if args.adapter else ""
     default = f"batched, dequantized to {dtype}{adapter}, premise run once per group (the default)"
     other = "bfloat16" if dtype == "float32" else "float32"  # the same path in the other dtype, side by side
-    at_once = (f"{args.shards} shards at once, 1 thread each (the default path, as eval_cpus_per_task: 1 runs "
-               f"eval.num_shards={args.shards} on a {args.shards}-CPU node)")
+    at_once = (
+        f"{args.shards} shards at once, 1 thread each (the default path, as eval_cpus_per_task: 1 runs "
+        f"eval.num_shards={args.shards} on a {args.shards}-CPU node)"
+    )
 
     def per_example():
         fp32 = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval()
@@ -326,6 +413,7 @@ def main(argv=None) -> None:
             model = loading.load_eval_model(run_cfg, args.adapter).eval()
             out, secs = timed(lambda: predict(model, tokenizer, run_cfg, examples))
             return [(label, secs, [r["pred"] for r in out])]
+
         return run
 
     def shards():
@@ -338,19 +426,32 @@ def main(argv=None) -> None:
         harness.update(lm_eval_harness(args.lm_eval, cfg, examples, dtype))
         name = f"lm-evaluation-harness {harness['version']}, batch {HARNESS_BATCH}, unquantized {dtype}"
         scoring = [(f"{name}: scoring loop", harness["scoring_s"], harness["preds"])] if harness["scoring_s"] else []
-        return scoring + [(f"{name}: whole subprocess (start-up, model load, scoring)", harness["wall_s"], harness["preds"])]
+        return scoring + [
+            (f"{name}: whole subprocess (start-up, model load, scoring)", harness["wall_s"], harness["preds"])
+        ]
 
     budget = args.batch_tokens or matching_budget(cfg, prompts.tokenize_prompts(tokenizer, cfg, examples))
-    runners = [per_example,
-               batched(f"batched, 4-bit NF4{', adapter unmerged' if args.adapter else ''} (eval.weights=4bit)",
-                       ["eval.weights=4bit"]),
-               batched(f"batched, dequantized to {dtype}{adapter}, whole prompts (eval.share_prefix=false)",
-                       ["eval.share_prefix=false"]),
-               batched(default, []),
-               batched(f"the default, in batches of <= {budget} tokens (eval.batch_tokens={budget}) instead of "
-                       f"{cfg.eval.batch_size} pairs", [f"eval.batch_tokens={budget}"]),
-               batched(f"batched, dequantized to {other}{adapter}, premise run once per group (model.dtype={other})",
-                       [f"model.dtype={other}", f"quantization.compute_dtype={other}"])]
+    runners = [
+        per_example,
+        batched(
+            f"batched, 4-bit NF4{', adapter unmerged' if args.adapter else ''} (eval.weights=4bit)",
+            ["eval.weights=4bit"],
+        ),
+        batched(
+            f"batched, dequantized to {dtype}{adapter}, whole prompts (eval.share_prefix=false)",
+            ["eval.share_prefix=false"],
+        ),
+        batched(default, []),
+        batched(
+            f"the default, in batches of <= {budget} tokens (eval.batch_tokens={budget}) instead of "
+            f"{cfg.eval.batch_size} pairs",
+            [f"eval.batch_tokens={budget}"],
+        ),
+        batched(
+            f"batched, dequantized to {other}{adapter}, premise run once per group (model.dtype={other})",
+            [f"model.dtype={other}", f"quantization.compute_dtype={other}"],
+        ),
+    ]
     if args.shards > 1:
         runners.append(shards)
     if args.lm_eval:

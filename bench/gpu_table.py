@@ -1,6 +1,6 @@
 """The table of bench/gpu_check.sh: training and evaluation speed, load time and peak memory per run.
 
-    python -m bench.gpu_table RUN_DIR [RUN_DIR ...] PIPELINE.json
+python -m bench.gpu_table RUN_DIR [RUN_DIR ...] PIPELINE.json
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ def peak_gb(memory: dict) -> str:
 def run_rows(paths: RunPaths) -> list[str]:
     cfg = read_json(paths.report_json)["config"] if paths.report_json.is_file() else {}
     t = read_json(paths.train_metrics)
-    rows = [f"| {paths.name} | training | {t['examples_per_s']:.1f} pairs/s, {t['tokens_per_s']:,.0f} tokens/s "
-            f"({t['examples_seen']:,} pairs, {t['steps']} steps of {t.get('batch', '?')}, checkpointing "
-            f"{'on' if t.get('gradient_checkpointing') else 'off'}) | {t['model_load_s']:.1f} | {peak_gb(t['memory'])} |"]
+    rows = [
+        f"| {paths.name} | training | {t['examples_per_s']:.1f} pairs/s, {t['tokens_per_s']:,.0f} tokens/s "
+        f"({t['examples_seen']:,} pairs, {t['steps']} steps of {t.get('batch', '?')}, checkpointing "
+        f"{'on' if t.get('gradient_checkpointing') else 'off'}) | {t['model_load_s']:.1f} | {peak_gb(t['memory'])} |"
+    ]
     for model in MODELS:
         shards = [read_json(f) for f in sorted(paths.shard_dir(model).glob("*.metrics.json"))]
         n = sum(s["examples"] for s in shards)
@@ -33,8 +35,11 @@ def run_rows(paths: RunPaths) -> list[str]:
         batch = cfg.get("eval", {}).get("batch_tokens") or f"{cfg.get('eval', {}).get('batch_size')} pairs"
         worst = max(shards, key=lambda s: measured_mb(s["memory"])[0] or 0)
         total_s = secs + sum(s["model_load_s"] for s in shards)
-        rows.append(f"| {paths.name} | eval {model} | {n / secs:,.0f} pairs/s per shard ({n:,} pairs in {len(shards)} "
-                    f"shard(s), batch {batch}; {n / total_s:,.0f} pairs/s with loading) | {loads} | {peak_gb(worst['memory'])} |")
+        rows.append(
+            f"| {paths.name} | eval {model} | {n / secs:,.0f} pairs/s per shard ({n:,} pairs in {len(shards)} "
+            f"shard(s), batch {batch}; {n / total_s:,.0f} pairs/s with loading) | {loads} | "
+            f"{peak_gb(worst['memory'])} |"
+        )
     return rows
 
 
@@ -46,9 +51,16 @@ def main(argv=None) -> int:
     for item in args.runs:
         if item.endswith(".json"):
             r = read_json(Path(item))
-            peak = f"{r['peak_gpu_allocated_mb'] / 1024:.1f} GB allocated" if r.get("peak_gpu_allocated_mb") else "n/a (CPU)"
-            print(f"| pipeline loop | eval, one pair per call, bf16 | {r['pairs_per_s']:.1f} pairs/s ({r['pairs']} pairs) | "
-                  f"{r['load_s']:.1f} | {peak} |")
+            peak = (
+                f"{r['peak_gpu_allocated_mb'] / 1024:.1f} GB allocated"
+                if r.get("peak_gpu_allocated_mb")
+                else "n/a (CPU)"
+            )
+            print(
+                f"| pipeline loop | eval, one pair per call, bf16 | {r['pairs_per_s']:.1f} pairs/s "
+                f"({r['pairs']} pairs) | "
+                f"{r['load_s']:.1f} | {peak} |"
+            )
         else:
             print("\n".join(run_rows(RunPaths(item))))
     return 0

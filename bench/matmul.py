@@ -26,12 +26,18 @@ def gflops(dtype: torch.dtype, m: int = 2272, k: int = 576, n: int = 1536, repea
 
 
 def main() -> None:
-    flags = [f for f in ("amx_bf16", "avx512_bf16") if f in open("/proc/cpuinfo").read()]
+    with open("/proc/cpuinfo") as cpuinfo:
+        cpu = cpuinfo.read()
+    flags = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu]
     fp32, bf16 = gflops(torch.float32), gflops(torch.bfloat16)
-    print(f"CPU flags: {', '.join(flags) or 'neither amx_bf16 nor avx512_bf16'}; {torch.get_num_threads()} threads; "
-          f"torch {torch.__version__}")
-    print(f"float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s: bf16 is {bf16 / fp32:.2f}x float32; "
-          f"fast_bf16() = {fast_bf16()}")
+    print(
+        f"CPU flags: {', '.join(flags) or 'neither amx_bf16 nor avx512_bf16'}; {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s: bf16 is {bf16 / fp32:.2f}x float32; "
+        f"fast_bf16() = {fast_bf16()}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ def measured_mb(memory: dict) -> tuple[float | None, str]:
 def rows(paths: RunPaths) -> list[tuple[str, float, float, str]]:
     out = []
     stages = [("finetune", paths.train_metrics)]
-    stages += [(f"eval {m} {f.name.split('.')[0]}", f) for m in MODELS for f in sorted(paths.shard_dir(m).glob("*.metrics.json"))]
+    stages += [
+        (f"eval {m} {f.name.split('.')[0]}", f)
+        for m in MODELS
+        for f in sorted(paths.shard_dir(m).glob("*.metrics.json"))
+    ]
     for name, f in stages:
         if not f.is_file():
             continue
@@ -41,11 +45,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
     args = p.parse_args(argv)
-    print(f"| run | stage | estimated GiB | measured GiB | measured / estimated | measured as |\n|---|---|---|---|---|---|")
+    print(
+        "| run | stage | estimated GiB | measured GiB | measured / estimated | measured as |\n|---|---|---|---|---|---|"
+    )
     for run in args.runs:
         for name, est, got, kind in rows(RunPaths(run)):
-            print(f"| {RunPaths(run).name} | {name} | {est * 2**20 / GiB:.2f} | {got * 2**20 / GiB:.2f} | "
-                  f"{got / est:.2f} | {kind} |")
+            print(
+                f"| {RunPaths(run).name} | {name} | {est * 2**20 / GiB:.2f} | {got * 2**20 / GiB:.2f} | "
+                f"{got / est:.2f} | {kind} |"
+            )
     return 0
 
 

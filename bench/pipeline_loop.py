@@ -29,14 +29,15 @@ def main(argv=None) -> int:
     from hpcnli.io import read_jsonl
     from hpcnli.scoring.prompts import format_prompt
 
-    pairs = [r for r in read_jsonl(args.data) if r["label"] in (0, 1, 2)][:args.pairs]
+    pairs = [r for r in read_jsonl(args.data) if r["label"] in (0, 1, 2)][: args.pairs]
     device = 0 if torch.cuda.is_available() else -1
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(args.model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=3, dtype=getattr(torch, args.dtype),
-                                                               pad_token_id=tok.pad_token_id)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model, num_labels=3, dtype=getattr(torch, args.dtype), pad_token_id=tok.pad_token_id
+    )
     classify = pipeline("text-classification", model=model, tokenizer=tok, device=device)
     load_s = time.perf_counter() - t0
     texts = [format_prompt(TaskConfig.prompt, e) for e in pairs]
@@ -45,8 +46,13 @@ def main(argv=None) -> int:
     for text in texts:
         classify(text)
     secs = time.perf_counter() - t0
-    out = {"pairs": len(texts), "seconds": secs, "pairs_per_s": len(texts) / secs, "load_s": load_s,
-           "peak_gpu_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+    out = {
+        "pairs": len(texts),
+        "seconds": secs,
+        "pairs_per_s": len(texts) / secs,
+        "load_s": load_s,
+        "peak_gpu_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+    }
     print(json.dumps(out))
     if args.json:
         with open(args.json, "w") as f:

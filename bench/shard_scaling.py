@@ -5,9 +5,9 @@
 
 Each layout is a real run directory (`python -m hpcnli.submit --plan-only`) whose base-model shards run
 as one array of `slurm/eval_array.sh`, submitted with `sbatch --wait`. Wall time is Slurm's (sacct):
-from submission to the end of the last task, scheduling and Python start-up included. Layouts: 1 shard on 1 CPU, 2 shards on 1 CPU
-each (strong scaling: twice the CPUs), and 1 shard on 2 CPUs (the same CPUs as the 2 shards, in one
-process). Prints a table with model load and prediction seconds per shard (from each shard's
+from submission to the end of the last task, scheduling and Python start-up included. Layouts: 1 shard
+on 1 CPU, 2 shards on 1 CPU each (strong scaling: twice the CPUs), and 1 shard on 2 CPUs (the same CPUs
+as the 2 shards, in one process). Prints a table with model load and prediction seconds per shard (from each shard's
 metrics file) and the ratio of each wall time to the first layout's.
 """
 
@@ -51,21 +51,62 @@ def slurm_wall_s(job: str, tasks: int) -> float:
 
 def run_layout(args, root: Path, shards: int, cpus: int) -> dict:
     run_dir = root / f"shards{shards}-cpus{cpus}"
-    overrides = [f"data.max_test_examples={args.examples}", f"eval.num_shards={shards}",
-                 f"resources.cpus_per_task={cpus}", f"resources.partition={args.partition}"]
-    subprocess.run([sys.executable, "-m", "hpcnli.submit", "--plan-only", "--config", args.config,
-                    "--run-dir", str(run_dir), *overrides], check=True)
+    overrides = [
+        f"data.max_test_examples={args.examples}",
+        f"eval.num_shards={shards}",
+        f"resources.cpus_per_task={cpus}",
+        f"resources.partition={args.partition}",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcnli.submit",
+            "--plan-only",
+            "--config",
+            args.config,
+            "--run-dir",
+            str(run_dir),
+            *overrides,
+        ],
+        check=True,
+    )
     env = {**os.environ, "HPCNLI_PYTHON": sys.executable}
-    job = subprocess.run(["sbatch", "--wait", "--parsable", f"--array=0-{shards - 1}", f"--cpus-per-task={cpus}",
-                          f"--partition={args.partition}", f"--output={run_dir}/slurm-%A_%a.out",
-                          "slurm/eval_array.sh", str(run_dir), "base", str(run_dir / "config.yaml")],
-                         check=True, env=env, capture_output=True, text=True).stdout.strip().split(";")[0]
+    job = (
+        subprocess.run(
+            [
+                "sbatch",
+                "--wait",
+                "--parsable",
+                f"--array=0-{shards - 1}",
+                f"--cpus-per-task={cpus}",
+                f"--partition={args.partition}",
+                f"--output={run_dir}/slurm-%A_%a.out",
+                "slurm/eval_array.sh",
+                str(run_dir),
+                "base",
+                str(run_dir / "config.yaml"),
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
     wall = slurm_wall_s(job, shards)
     metrics = [json.loads(p.read_text()) for p in sorted(RunPaths(run_dir).shard_dir("base").glob("*.metrics.json"))]
     if len(metrics) != shards:
-        raise SystemExit(f"{run_dir}: {len(metrics)} shard metrics files for {shards} shards; see {run_dir}/slurm-*.out")
-    return {"wall_s": wall, "load_s": [m["model_load_s"] for m in metrics], "predict_s": [m["runtime_s"] for m in metrics],
-            "examples": sum(m["examples"] for m in metrics)}
+        raise SystemExit(
+            f"{run_dir}: {len(metrics)} shard metrics files for {shards} shards; see {run_dir}/slurm-*.out"
+        )
+    return {
+        "wall_s": wall,
+        "load_s": [m["model_load_s"] for m in metrics],
+        "predict_s": [m["runtime_s"] for m in metrics],
+        "examples": sum(m["examples"] for m in metrics),
+    }
 
 
 def main(argv=None) -> None:
@@ -76,8 +117,10 @@ def main(argv=None) -> None:
     parser.add_argument("--keep", metavar="DIR", help="keep the run directories under DIR")
     args = parser.parse_args(argv)
     if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
-        parser.error('no reachable Slurm cluster: start one (sudo slurm/local-cluster.sh up) and '
-                     'eval "$(slurm/local-cluster.sh env)"')
+        parser.error(
+            "no reachable Slurm cluster: start one (sudo slurm/local-cluster.sh up) and "
+            'eval "$(slurm/local-cluster.sh env)"'
+        )
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="hpcnli-shards-", dir="results"))
     rows = []
     for label, shards, cpus in LAYOUTS:
@@ -87,16 +130,28 @@ def main(argv=None) -> None:
         shutil.rmtree(root)
 
     first = rows[0][1]["wall_s"]
-    print(f"\n{rows[0][1]['examples']} test pairs, base model, {args.config}; sinfo node: "
-          f"{subprocess.run(['sinfo', '-h', '-o', '%N %c CPUs'], capture_output=True, text=True).stdout.strip()}\n")
-    print("| layout | wall s (sacct: submit to last end) | model load s per shard | predict s per shard | wall / 1 shard on 1 CPU |")
+    print(
+        f"\n{rows[0][1]['examples']} test pairs, base model, {args.config}; sinfo node: "
+        f"{subprocess.run(['sinfo', '-h', '-o', '%N %c CPUs'], capture_output=True, text=True).stdout.strip()}\n"
+    )
+    print(
+        "| layout | wall s (sacct: submit to last end) | model load s per shard | predict s per shard "
+        "| wall / 1 shard on 1 CPU |"
+    )
     print("|---|---|---|---|---|")
+
+    def fmt(xs):
+        return " / ".join(f"{x:.1f}" for x in xs)
+
     for label, r in rows:
-        fmt = lambda xs: " / ".join(f"{x:.1f}" for x in xs)
-        print(f"| {label} | {r['wall_s']:.1f} | {fmt(r['load_s'])} | {fmt(r['predict_s'])} | {r['wall_s'] / first:.2f} |")
+        print(
+            f"| {label} | {r['wall_s']:.1f} | {fmt(r['load_s'])} | {fmt(r['predict_s'])} | {r['wall_s'] / first:.2f} |"
+        )
     two, one_wide = rows[1][1]["wall_s"], rows[2][1]["wall_s"]
-    print(f"\nstrong scaling, 2 shards on 2 CPUs: {two / first:.2f} of the 1-shard wall time "
-          f"(efficiency {first / (2 * two):.2f}); against 1 shard on the same 2 CPUs: {two / one_wide:.2f}")
+    print(
+        f"\nstrong scaling, 2 shards on 2 CPUs: {two / first:.2f} of the 1-shard wall time "
+        f"(efficiency {first / (2 * two):.2f}); against 1 shard on the same 2 CPUs: {two / one_wide:.2f}"
+    )
 
 
 if __name__ == "__main__":

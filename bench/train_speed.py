@@ -29,15 +29,24 @@ from hpcnli.config import TaskConfig, load_config, task_overrides
 from hpcnli.launch.local import finetune_command
 from hpcnli.run.paths import RunPaths
 
-FIRST_RECIPE = [*task_overrides(TaskConfig.prompt, TaskConfig.label_words),
-                "lora.dropout=0.05", "lora.top_layers=0", "train.loss=vocab", "train.group_by_length=false"]
+FIRST_RECIPE = [
+    *task_overrides(TaskConfig.prompt, TaskConfig.label_words),
+    "lora.dropout=0.05",
+    "lora.top_layers=0",
+    "train.loss=vocab",
+    "train.group_by_length=false",
+]
 STEPS = [  # (row label, the overrides of FIRST_RECIPE that the row drops, the overrides it adds)
     ("first recipe: long prompt, LoRA dropout 0.05, vocabulary loss, random batches", (), ()),
     ("+ loss over the 3 label words (output layer cut to their 3 rows)", ("train.loss",), ()),
     ("+ batches grouped by length", ("train.group_by_length",), ()),
     ("+ the config's prompt", ("task.prompt", "task.label_words"), ()),
     ("+ the config's LoRA dropout (= the config's recipe)", ("lora.dropout",), ()),
-    ("+ LoRA on the top 15 layers only (not the config's recipe: less accurate per example)", (), ("lora.top_layers=15",)),
+    (
+        "+ LoRA on the top 15 layers only (not the config's recipe: less accurate per example)",
+        (),
+        ("lora.top_layers=15",),
+    ),
 ]
 
 DTYPE_ROWS = [  # --dtypes: the config's recipe in each dtype (model.dtype, quantization.compute_dtype)
@@ -56,11 +65,18 @@ def run_processes(config: str, overrides: list[str], processes: int, threads: in
     """One fine-tune as the local executor runs it (torchrun for several processes); its train_metrics."""
     batch = load_config(config, overrides).train.batch_size // processes
     row = [*overrides, f"train.batch_size={batch}", f"resources.processes_per_node={processes}"]
-    subprocess.run([sys.executable, "-m", "hpcnli.submit", "--plan-only", "--config", config, "--run-dir",
-                    str(run_dir), *row], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "hpcnli.submit", "--plan-only", "--config", config, "--run-dir", str(run_dir), *row],
+        check=True,
+        capture_output=True,
+    )
     cfg = load_config(RunPaths(run_dir).config)
-    subprocess.run([sys.executable, "-m", *finetune_command(cfg, str(run_dir))], check=True, capture_output=True,
-                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    subprocess.run(
+        [sys.executable, "-m", *finetune_command(cfg, str(run_dir))],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+    )
     return json.loads(RunPaths(run_dir).train_metrics.read_text())
 
 
@@ -74,19 +90,26 @@ def steady_rate(loss_curve: list[dict], warmup: int) -> float:
 def token_budget_rows(config: str) -> list[tuple[str, list[str]]]:
     """The config's recipe in batches of batch_size pairs, and in batches of the token budget that holds as
     many pairs per step on average over one epoch of the config's training pairs, cut as finetune cuts them."""
+    from hpcnli.data.batching import BatchRule, budget_for_rows, global_batches
     from hpcnli.data.nli import load_split
     from hpcnli.model.loading import load_tokenizer
-    from hpcnli.scoring.batching import BatchRule, budget_for_rows, global_batches
     from hpcnli.scoring.prompts import tokenize_prompts
 
     cfg = load_config(config)
     t = cfg.train
     lengths = [len(p) for p in tokenize_prompts(load_tokenizer(cfg), cfg, load_split(cfg, "train").examples)]
-    budget = budget_for_rows(t.batch_size, lambda n: global_batches(lengths, BatchRule(tokens=n), t.seed, 0,
-                                                                    t.group_by_length), cfg.task.max_length)
-    return [(f"config's recipe, batches of {t.batch_size} pairs", []),
-            (f"config's recipe, batches of <= {budget} tokens (train.batch_tokens={budget})",
-             [f"train.batch_tokens={budget}"])]
+    budget = budget_for_rows(
+        t.batch_size,
+        lambda n: global_batches(lengths, BatchRule(tokens=n), t.seed, 0, t.group_by_length),
+        cfg.task.max_length,
+    )
+    return [
+        (f"config's recipe, batches of {t.batch_size} pairs", []),
+        (
+            f"config's recipe, batches of <= {budget} tokens (train.batch_tokens={budget})",
+            [f"train.batch_tokens={budget}"],
+        ),
+    ]
 
 
 def recipe_rows(dtypes: bool, batches: bool, config: str) -> list[tuple[str, list[str]]]:
@@ -106,14 +129,24 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="jobs/snli_cpu.yaml")
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps per row (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="first steps of each row left out of examples/s (default: %(default)s)")
-    parser.add_argument("--dtypes", action="store_true",
-                        help="rows of the config's recipe in float32 and bfloat16 instead of the recipe steps")
-    parser.add_argument("--batches", action="store_true",
-                        help="rows of batch_size pairs against a token budget holding as many pairs on average")
-    parser.add_argument("--processes", action="store_true",
-                        help="rows of 1 process x 2 threads against 2 processes x 1 thread, same global batch")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="first steps of each row left out of examples/s (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dtypes",
+        action="store_true",
+        help="rows of the config's recipe in float32 and bfloat16 instead of the recipe steps",
+    )
+    parser.add_argument(
+        "--batches",
+        action="store_true",
+        help="rows of batch_size pairs against a token budget holding as many pairs on average",
+    )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="rows of 1 process x 2 threads against 2 processes x 1 thread, same global batch",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.steps:
         parser.error(f"--warmup: must be at least 1 and below --steps ({args.steps}), got {args.warmup}")
@@ -130,20 +163,26 @@ def main(argv=None) -> None:
         if args.processes:
             for i, (label, processes, threads) in enumerate(PROCESS_ROWS):
                 add(label, run_processes(args.config, fixed, processes, threads, Path(tmp) / f"row{i}"))
-        for i, (label, row_overrides) in enumerate([] if args.processes else recipe_rows(args.dtypes, args.batches, args.config)):
+        for i, (label, row_overrides) in enumerate(
+            [] if args.processes else recipe_rows(args.dtypes, args.batches, args.config)
+        ):
             paths = RunPaths(Path(tmp) / f"row{i}")
             paths.run_dir.mkdir()
-            add(label, finetune.run(load_config(args.config, row_overrides + fixed), paths))
+            add(label, finetune.run(load_config(args.config, row_overrides + fixed), paths).to_json())
     cfg = load_config(args.config, fixed)
 
     first = rows[0][2]
-    print(f"\n{args.steps} steps of batch {cfg.train.batch_size} per row on {cfg.data.train}, the first {args.warmup} "
-          f"left out of examples/s; {rows[0][1]['device']}\n")
+    print(
+        f"\n{args.steps} steps of batch {cfg.train.batch_size} per row on {cfg.data.train}, the first {args.warmup} "
+        f"left out of examples/s; {rows[0][1]['device']}\n"
+    )
     print("| recipe | examples/s | examples/s with the first steps | prompt tokens/s | pairs per step | speed-up |")
     print("|---|---|---|---|---|---|")
     for label, m, rate in rows:
-        print(f"| {label} | {rate:.2f} | {m['examples_per_s']:.2f} | {m['tokens_per_s']:.0f} | "
-              f"{m['examples_seen'] / m['steps']:.1f} | {rate / first:.2f}x |")
+        print(
+            f"| {label} | {rate:.2f} | {m['examples_per_s']:.2f} | {m['tokens_per_s']:.0f} | "
+            f"{m['examples_seen'] / m['steps']:.1f} | {rate / first:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

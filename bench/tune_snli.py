@@ -20,8 +20,15 @@ from pathlib import Path
 from bench.eval_speed import PROMPTS as BENCH_PROMPTS
 from hpcnli.config import TaskConfig, task_overrides
 
-HOLDOUT = ["data.holdout=800", "data.test=holdout", "data.max_test_examples=0", "eval.num_shards=1",
-           "train.epochs=1", "train.max_steps=0", "train.max_grad_norm=0"]  # as the tries ran, whatever the config says
+HOLDOUT = [
+    "data.holdout=800",
+    "data.test=holdout",
+    "data.max_test_examples=0",
+    "eval.num_shards=1",
+    "train.epochs=1",
+    "train.max_steps=0",
+    "train.max_grad_norm=0",
+]  # as the tries ran, whatever the config says
 PROMPTS = {
     "long": (TaskConfig.prompt, TaskConfig.label_words),  # the package default
     "short": ("{premise}\nQuestion: {hypothesis} yes, maybe or no?\nAnswer:", (" yes", " maybe", " no")),
@@ -37,21 +44,55 @@ def prompt(name: str) -> list[str]:
 N = ["data.max_train_examples=1600"]
 TRIES = [
     *[(f"zeroshot-{p}", f"zero-shot, prompt '{p}'", prompt(p)) for p in PROMPTS],
-    ("ft-top15", "short prompt, LoRA (dropout 0.05) on the top 15 of 30 layers, lr 5e-4", N + prompt("short") + [
-        "lora.top_layers=15", "lora.dropout=0.05", "train.learning_rate=5e-4"]),
-    ("ft-top15-lr1e-3", "top 15, lr 1e-3", N + prompt("short") + ["lora.top_layers=15", "lora.dropout=0.05", "train.learning_rate=1e-3"]),
-    ("ft-top15-lr2e-3", "top 15, lr 2e-3", N + prompt("short") + ["lora.top_layers=15", "lora.dropout=0.05", "train.learning_rate=2e-3"]),
-    ("ft-all-lr2e-3", "all 30 layers, LoRA dropout 0, lr 2e-3", N + prompt("short") + [
-        "lora.top_layers=0", "lora.dropout=0", "train.learning_rate=2e-3"]),
-    ("ft-all-lr1e-3", "all 30 layers, LoRA dropout 0, lr 1e-3", N + prompt("short") + [
-        "lora.top_layers=0", "lora.dropout=0", "train.learning_rate=1e-3"]),
-    ("ft-all-lr2e-3-vocab", "all layers, dropout 0, lr 2e-3, loss over the whole vocabulary", N + prompt("short") + [
-        "lora.top_layers=0", "lora.dropout=0", "train.learning_rate=2e-3", "train.loss=vocab"]),
-    ("ft-all-lr2e-3-harness", "all layers, dropout 0, lr 2e-3, prompt 'harness' (True/Neither/False)", N + prompt("harness") + [
-        "lora.top_layers=0", "lora.dropout=0", "train.learning_rate=2e-3"]),
-    ("ft-old-recipe", "the first session's recipe: long prompt, all layers, LoRA dropout 0.05, vocabulary loss, "
-     "random batches, lr 5e-4", N + prompt("long") + ["lora.top_layers=0", "lora.dropout=0.05", "train.loss=vocab",
-                                                      "train.group_by_length=false", "train.learning_rate=5e-4"]),
+    (
+        "ft-top15",
+        "short prompt, LoRA (dropout 0.05) on the top 15 of 30 layers, lr 5e-4",
+        N + prompt("short") + ["lora.top_layers=15", "lora.dropout=0.05", "train.learning_rate=5e-4"],
+    ),
+    (
+        "ft-top15-lr1e-3",
+        "top 15, lr 1e-3",
+        N + prompt("short") + ["lora.top_layers=15", "lora.dropout=0.05", "train.learning_rate=1e-3"],
+    ),
+    (
+        "ft-top15-lr2e-3",
+        "top 15, lr 2e-3",
+        N + prompt("short") + ["lora.top_layers=15", "lora.dropout=0.05", "train.learning_rate=2e-3"],
+    ),
+    (
+        "ft-all-lr2e-3",
+        "all 30 layers, LoRA dropout 0, lr 2e-3",
+        N + prompt("short") + ["lora.top_layers=0", "lora.dropout=0", "train.learning_rate=2e-3"],
+    ),
+    (
+        "ft-all-lr1e-3",
+        "all 30 layers, LoRA dropout 0, lr 1e-3",
+        N + prompt("short") + ["lora.top_layers=0", "lora.dropout=0", "train.learning_rate=1e-3"],
+    ),
+    (
+        "ft-all-lr2e-3-vocab",
+        "all layers, dropout 0, lr 2e-3, loss over the whole vocabulary",
+        N + prompt("short") + ["lora.top_layers=0", "lora.dropout=0", "train.learning_rate=2e-3", "train.loss=vocab"],
+    ),
+    (
+        "ft-all-lr2e-3-harness",
+        "all layers, dropout 0, lr 2e-3, prompt 'harness' (True/Neither/False)",
+        N + prompt("harness") + ["lora.top_layers=0", "lora.dropout=0", "train.learning_rate=2e-3"],
+    ),
+    (
+        "ft-old-recipe",
+        "the first session's recipe: long prompt, all layers, LoRA dropout 0.05, vocabulary loss, "
+        "random batches, lr 5e-4",
+        N
+        + prompt("long")
+        + [
+            "lora.top_layers=0",
+            "lora.dropout=0.05",
+            "train.loss=vocab",
+            "train.group_by_length=false",
+            "train.learning_rate=5e-4",
+        ],
+    ),
 ]
 
 
@@ -76,9 +117,11 @@ def fine_tune_row(run_dir: Path) -> tuple[str, str] | None:
         return None
     r = json.loads(report.read_text())
     t, counts = r["training"], r["models"]["finetuned"]["predicted_label_counts"]
-    return (f"{t['examples_seen']} | {t['runtime_s']:.0f} | {t['examples_per_s']:.2f} "
-            f"| {100 * r['models']['base']['accuracy']:.1f}% | {100 * r['models']['finetuned']['accuracy']:.1f}% |",
-            "/".join(map(str, counts)))
+    return (
+        f"{t['examples_seen']} | {t['runtime_s']:.0f} | {t['examples_per_s']:.2f} "
+        f"| {100 * r['models']['base']['accuracy']:.1f}% | {100 * r['models']['finetuned']['accuracy']:.1f}% |",
+        "/".join(map(str, counts)),
+    )
 
 
 def main(argv=None) -> None:
@@ -89,15 +132,29 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    lines = ["| try | what it tests | train pairs | training s | train examples/s | base acc | fine-tuned acc "
-             "| predicted e/n/c |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| try | what it tests | train pairs | training s | train examples/s | base acc | fine-tuned acc "
+        "| predicted e/n/c |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, what, overrides in TRIES:
         run_dir = out / name
         zero_shot = name.startswith("zeroshot")
         row = (zero_shot_row if zero_shot else fine_tune_row)(run_dir)
         if row is None and (not args.only or name in args.only):
-            cli = [py, "-m", "hpcnli.submit", "--config", "jobs/snli_cpu.yaml", "--executor", "local",
-                   "--run-dir", str(run_dir), *HOLDOUT, *overrides]
+            cli = [
+                py,
+                "-m",
+                "hpcnli.submit",
+                "--config",
+                "jobs/snli_cpu.yaml",
+                "--executor",
+                "local",
+                "--run-dir",
+                str(run_dir),
+                *HOLDOUT,
+                *overrides,
+            ]
             if zero_shot:
                 run([*cli, "--plan-only"])
                 run([py, "-m", "hpcnli.evaluate", str(run_dir), "--model", "base", "--shard", "0"])

@@ -29,9 +29,13 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-ENVIRONMENT_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                      errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                      errno.EPERM: "permission denied"}
+ENVIRONMENT_FAULTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 
 
 def run_command(name: str, work) -> int:

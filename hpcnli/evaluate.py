@@ -7,10 +7,7 @@ metrics (runtime, throughput, peak memory) as two files, each written atomically
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
-import os
-import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,13 +16,22 @@ from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
 from hpcnli.data.nli import load_split, shard_bounds
 from hpcnli.errors import UserFacingError, raise_on_sigterm, run_command
-from hpcnli.io import follow_umask, read_json, write_json, write_jsonl
+from hpcnli.io import RunFileError, directory_aside, read_json, work_saving_lock, write_json, write_jsonl
 from hpcnli.logs import setup_logging
-from hpcnli.model.loading import (dtype_name, import_model_libraries, load_eval_model, load_saved_eval_model,
-                                  load_tokenizer, save_eval_model, stage_dtype)
+from hpcnli.model.loading import (
+    dtype_name,
+    import_model_libraries,
+    load_eval_model,
+    load_saved_eval_model,
+    load_tokenizer,
+    save_eval_model,
+    stage_dtype,
+)
 from hpcnli.model.memory import device_name, peak_memory, reset_peak_memory, resident_mb
+from hpcnli.records import ShardMetrics
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.stages import Stage
 from hpcnli.run.state import adapter_sha256, test_set_changed, training_done
 from hpcnli.scoring.engine import predict
 
@@ -49,9 +55,12 @@ def shard_examples(cfg, manifest: dict, shard: int) -> list[dict]:
 def _weights_inputs(cfg, paths: RunPaths, model_kind: str) -> dict:
     """What an eval model's weights depend on: the base model, its quantization, the eval dtype, the adapter."""
     d = cfg.to_dict()
-    return {"model": d["model"], "quantization": d["quantization"],
-            "dtype": dtype_name(stage_dtype(cfg.model.dtype, "eval")),
-            "adapter_sha256": adapter_sha256(paths) if model_kind == "finetuned" else None}
+    return {
+        "model": d["model"],
+        "quantization": d["quantization"],
+        "dtype": dtype_name(stage_dtype(cfg.model.dtype, "eval")),
+        "adapter_sha256": adapter_sha256(paths) if model_kind == "finetuned" else None,
+    }
 
 
 def eval_model(cfg, paths: RunPaths, model_kind: str):
@@ -65,27 +74,32 @@ def eval_model(cfg, paths: RunPaths, model_kind: str):
     adapter = paths.adapter if model_kind == "finetuned" else None
     if not (cfg.quantization.load_in_4bit and cfg.eval.weights == "dequantized") or cfg.task.scoring == "head":
         return load_eval_model(cfg, adapter), "loaded"
-    target = paths.eval_weights(model_kind)
+    target, marker = paths.eval_weights(model_kind), paths.eval_weights_marker(model_kind)
     inputs = _weights_inputs(cfg, paths, model_kind)
     paths.eval_weights_root.mkdir(parents=True, exist_ok=True)
-    with open(paths.eval_weights_lock(model_kind), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-        marker = target / "COMPLETE"
-        source = "read" if marker.is_file() and read_json(marker) == inputs else "written"
-        if source == "written":
-            staging = target.with_name(f".{model_kind}.staging")
-            shutil.rmtree(staging, ignore_errors=True)
-            save_eval_model(load_eval_model(cfg, adapter), staging)
-            write_json(staging / "COMPLETE", inputs)
-            follow_umask(staging)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
+    # The lock only saves work (one shard writes, the others wait and read); correctness does not depend on it:
+    # each writer stages its own directory and renames it into place whole.
+    with work_saving_lock(paths.eval_weights_lock(model_kind)):
+        if _current(marker, inputs):
+            source = "read"
+        else:
+            source = "written"
+            with directory_aside(target) as staging:
+                save_eval_model(load_eval_model(cfg, adapter), staging)
+                write_json(staging / marker.name, inputs)
         # Read back by the shard that wrote them too: every shard scores with the same tensors, laid out as
         # loading lays them out (a model just merged with its adapter scored 9x slower in bf16 on a CPU).
         return load_saved_eval_model(cfg, target), source
 
 
-def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = None) -> dict:
+def _current(marker, inputs: dict) -> bool:
+    try:
+        return marker.is_file() and read_json(marker) == inputs
+    except RunFileError:
+        return False
+
+
+def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = None) -> ShardMetrics:
     if model_kind not in MODELS:
         raise StageError(f"--model must be one of {MODELS}, got {model_kind!r}")
     if not 0 <= shard < cfg.eval.num_shards:
@@ -112,32 +126,55 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     runtime = time.perf_counter() - t0
 
     write_jsonl(paths.shard_predictions(model_kind, shard), rows)
-    metrics = {
-        "model": model_kind, "shard": shard, "num_shards": cfg.eval.num_shards, "examples": len(rows),
-        "config_hash": cfg.hash(), "test_content_hash": manifest.get("content_hash"),
-        "adapter_sha256": adapter_sha256(paths) if model_kind == "finetuned" else None,
-        "runtime_s": runtime, "model_load_s": load_s, "weights_from": weights_from,
-        "examples_per_s": len(rows) / runtime if runtime > 0 else None,
-        "batch_size": cfg.eval.batch_size, "batch_tokens": cfg.eval.batch_tokens,
-        "dtype": dtype_name(stage_dtype(cfg.model.dtype, "eval")), "weights": cfg.eval.weights,
-        "share_prefix": cfg.eval.share_prefix,
-        "quantized_4bit": cfg.quantization.load_in_4bit, "device": device_name(),
-        "memory": peak_memory(rss_before), "memory_estimate": planned_estimate(paths, "eval"),
-        "started_at": started,
-        "finished_at": datetime.now(timezone.utc).isoformat(), "job": job or {},
-    }
-    write_json(paths.shard_metrics(model_kind, shard), metrics)
-    log.info("wrote %d predictions in %.1f s (%.1f examples/s, load %.1f s)",
-             len(rows), runtime, metrics["examples_per_s"] or 0, load_s)
+    metrics = ShardMetrics(
+        schema_version=ShardMetrics.VERSION,
+        model=model_kind,
+        shard=shard,
+        num_shards=cfg.eval.num_shards,
+        examples=len(rows),
+        config_hash=cfg.hash(),
+        test_content_hash=manifest.get("content_hash"),
+        adapter_sha256=adapter_sha256(paths) if model_kind == "finetuned" else None,
+        runtime_s=runtime,
+        model_load_s=load_s,
+        weights_from=weights_from,
+        examples_per_s=len(rows) / runtime if runtime > 0 else None,
+        batch_size=cfg.eval.batch_size,
+        batch_tokens=cfg.eval.batch_tokens,
+        dtype=dtype_name(stage_dtype(cfg.model.dtype, "eval")),
+        weights=cfg.eval.weights,
+        share_prefix=cfg.eval.share_prefix,
+        quantized_4bit=cfg.quantization.load_in_4bit,
+        device=device_name(),
+        memory=peak_memory(rss_before),
+        memory_estimate=planned_estimate(paths, "eval"),
+        started_at=started,
+        finished_at=datetime.now(timezone.utc).isoformat(),
+        job=job or {},
+    )
+    metrics.write(paths.shard_metrics(model_kind, shard))
+    log.info(
+        "wrote %d predictions in %.1f s (%.1f examples/s, load %.1f s)",
+        len(rows),
+        runtime,
+        metrics.examples_per_s or 0,
+        load_s,
+    )
     return metrics
+
+
+def run_task(cfg, paths: RunPaths, stage: Stage, task: int, job: JobEnvironment) -> str:
+    """One array task of an eval stage: the shard is the task."""
+    assert stage.model is not None  # an eval stage
+    run(cfg, paths, stage.model, task, job=job.describe())
+    return str(paths.shard_predictions(stage.model, task))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
     parser.add_argument("--model", choices=MODELS, required=True)
-    parser.add_argument("--shard", type=int, default=None,
-                        help="shard index; defaults to the Slurm array task id")
+    parser.add_argument("--shard", type=int, default=None, help="shard index; defaults to the Slurm array task id")
     args = parser.parse_args(argv)
     setup_logging()
     env = JobEnvironment()
@@ -146,8 +183,9 @@ def main(argv=None) -> int:
     if shard is None:
         parser.error("--shard is required outside a Slurm array job")
     paths = RunPaths(args.run_dir)
-    return run_command("hpcnli.evaluate",
-                       lambda: run(load_config(paths.config), paths, args.model, shard, job=env.describe()))
+    return run_command(
+        "hpcnli.evaluate", lambda: run(load_config(paths.config), paths, args.model, shard, job=env.describe())
+    )
 
 
 if __name__ == "__main__":

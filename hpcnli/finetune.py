@@ -9,9 +9,9 @@ the evaluation reads, so fine-tuning trains exactly the answer that is scored.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
-import os
 import random
 import shutil
 import signal
@@ -21,42 +21,67 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from hpcnli.cluster.commands import requeue
 from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
+from hpcnli.data.batching import BatchRule, global_batches
 from hpcnli.data.nli import load_split
-from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
-from hpcnli.io import follow_umask, read_json, write_json
+from hpcnli.errors import Interrupted, UserFacingError, raise_on_sigterm, run_command
+from hpcnli.io import directory_aside
 from hpcnli.logs import setup_logging
-from hpcnli.model.loading import (add_lora, dtype_name, import_model_libraries, load_base_model, load_tokenizer,
-                                  narrow_output_layer, stage_dtype)
-from hpcnli.model.memory import (count_parameters, device_name, peak_memory, reset_peak_memory,
-                                 resident_mb)
+from hpcnli.model.loading import (
+    add_lora,
+    dtype_name,
+    import_model_libraries,
+    load_base_model,
+    load_tokenizer,
+    narrow_output_layer,
+    stage_dtype,
+)
+from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory, resident_mb
+from hpcnli.records import TrainMetrics
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
-from hpcnli.run.paths import RunPaths
+from hpcnli.run.paths import ADAPTER_WEIGHTS, RunPaths
+from hpcnli.run.stages import FINETUNE, MAX_REQUEUES, SIGNAL_LEAD_S, TIME_LIMIT_SIGNAL, Stage
 from hpcnli.run.state import training_problem
-from hpcnli.scoring.batching import BatchRule, global_batches
 from hpcnli.scoring.engine import training_logits
 from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 
 log = logging.getLogger("hpcnli.finetune")
 
 
+class Preempted(Interrupted):
+    """Training stopped at a step boundary with a checkpoint, on SIGTERM or on Slurm's time-limit warning."""
+
+    def __init__(self, signal_name: str, step: int, checkpointed: bool = True):
+        self.signal_name, self.step = signal_name, step
+        where = "checkpointed" if checkpointed else "before training (nothing new to checkpoint)"
+        super().__init__(
+            f"{signal_name}: stopped after step {step}, {where}; a requeued or resumed fine-tune continues from there"
+        )
+
+
 def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -> None:
     """Adapter, optimizer, scheduler, RNG and data position; written aside, then marked complete."""
-    target, tmp = paths.checkpoint(state["step"]), paths.checkpoint_staging(state["step"])
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "adapter", safe_serialization=True)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, tmp / "trainer.pt")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    (target / "COMPLETE").touch()
-    for old in paths.checkpoints.glob("step_*"):
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
+    target = paths.checkpoint(state["step"])
+    with directory_aside(target) as staging:
+        model.save_pretrained(paths.checkpoint_adapter(staging), safe_serialization=True)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            },
+            paths.checkpoint_trainer(staging),
+        )
+        paths.checkpoint_complete(staging).touch()
+    for old in paths.other_checkpoints(target):
+        shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint at step %d: %s", state["step"], target)
 
 
@@ -66,11 +91,11 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, inputs: dict) -> di
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    saved = torch.load(ckpt / "trainer.pt", weights_only=False)
+    saved = torch.load(RunPaths.checkpoint_trainer(ckpt), weights_only=False)
     if saved["state"].get("inputs") != inputs:
         log.warning("ignoring %s: written for other inputs (%s, now %s)", ckpt, saved["state"].get("inputs"), inputs)
         return None
-    set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, load_file(RunPaths.checkpoint_adapter(ckpt) / ADAPTER_WEIGHTS))
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
@@ -82,8 +107,9 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, inputs: dict) -> di
 @dataclass
 class Trainee:
     """What the loop trains on: the model, the tokenized prompts, the targets, and what they cost to make."""
-    model: object
-    tokenizer: object
+
+    model: Any
+    tokenizer: Any
     prompts: list[list[int]]
     answers: torch.Tensor
     params: dict
@@ -130,23 +156,50 @@ def train_step(cfg, accelerator, model, optimizer, scheduler, trainee: Trainee, 
     return accelerator.reduce(loss.detach(), reduction="mean").item()
 
 
+STOP_SIGNALS = (signal.SIGTERM, getattr(signal, f"SIG{TIME_LIMIT_SIGNAL}"))
+
+
+class StopRequest:
+    """Set by a stop signal; holds the first signal's name."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def set(self, signum: int) -> None:
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+
+    def is_set(self) -> bool:
+        return self.signal_name is not None
+
+
 @contextmanager
-def stop_requested():
-    """An event set by SIGTERM, which Slurm sends on requeue, preemption and scancel (KillWait seconds before
-    SIGKILL) and the local executor on a stop: training ends at the next step with a checkpoint, instead of
-    running on (submitit lets SIGTERM pass) and perhaps finishing half-written as it is killed."""
-    event = threading.Event()
+def stop_requested(stop: StopRequest):
+    """The fine-tune's one preemption mechanism. SIGTERM (Slurm's requeue, preemption and scancel, KillWait
+    seconds before SIGKILL; the local executor's stop) and SIGUSR2 (Slurm's warning SIGNAL_LEAD_S before the
+    time limit, asked for by `--signal=USR2@90`; Slurm may send it up to a minute early) only set a flag, also
+    while the model loads (an exception raised inside a library's loading code would be caught there): training
+    ends at its next step with a checkpoint instead of being killed half-written. What follows is `run_task`'s:
+    a requeue on the time-limit warning."""
     if threading.current_thread() is not threading.main_thread():
-        yield event
+        yield stop
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+    previous = {s: signal.signal(s, lambda signum, frame: stop.set(signum)) for s in STOP_SIGNALS}
     try:
-        yield event
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: threading.Event) -> tuple[dict, int, float]:
+def agreed_stop(accelerator, stop: StopRequest) -> bool:
+    """Whether any process was asked to stop: every data-parallel rank stops after the same step."""
+    if accelerator.num_processes == 1:
+        return stop.is_set()
+    flag = torch.tensor([float(stop.is_set())], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRequest) -> tuple[dict, int, float]:
     """Optimizer steps up to train.max_steps (or train.epochs), resuming from the last checkpoint, stopping
     early (with a checkpoint) when `stop` is set. Returns the loop state, the number of passes over the data
     begun and the runtime (across restarts)."""
@@ -170,20 +223,35 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
-    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        t.lr_scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = {"step": 0, "epoch": 0, "batch": 0, "seen": 0, "tokens": 0, "elapsed_s": 0.0, "losses": [],
-             "restarts": 0, "inputs": trainee.inputs}
+    state: dict[str, Any] = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "seen": 0,
+        "tokens": 0,
+        "elapsed_s": 0.0,
+        "losses": [],
+        "restarts": 0,
+        "inputs": trainee.inputs,
+    }
     done = paths.complete_checkpoints()
-    resumed = load_checkpoint(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
-                              trainee.inputs) if done else None
+    resumed = (
+        load_checkpoint(done[-1], accelerator.unwrap_model(model), optimizer, scheduler, trainee.inputs)
+        if done
+        else None
+    )
     if resumed is not None:
         state = {**resumed, "restarts": resumed["restarts"] + 1}
     elif done:  # stale checkpoints: a later checkpoint of this run must not sit beside them
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     model.train()
     reset_peak_memory()
+    if agreed_stop(accelerator, stop):  # asked to stop while loading: nothing new to checkpoint
+        raise Preempted(stop.signal_name or "SIGTERM", state["step"], checkpointed=False)
 
     window = []
     t0 = time.perf_counter() - state["elapsed_s"]
@@ -202,19 +270,35 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
             state["elapsed_s"] = time.perf_counter() - t0
             if state["step"] % t.log_every == 0 or state["step"] == total_steps:
                 mean = sum(window) / len(window)
-                state["losses"].append({"step": state["step"], "examples_seen": state["seen"], "loss": mean,
-                                        "lr": scheduler.get_last_lr()[0], "elapsed_s": state["elapsed_s"]})
-                log.info("step %d/%d loss %.4f (%.2f examples/s)", state["step"], total_steps, mean,
-                         state["seen"] / state["elapsed_s"])
+                state["losses"].append(
+                    {
+                        "step": state["step"],
+                        "examples_seen": state["seen"],
+                        "loss": mean,
+                        "lr": scheduler.get_last_lr()[0],
+                        "elapsed_s": state["elapsed_s"],
+                    }
+                )
+                log.info(
+                    "step %d/%d loss %.4f (%.2f examples/s)",
+                    state["step"],
+                    total_steps,
+                    mean,
+                    state["seen"] / state["elapsed_s"],
+                )
                 window = []
-            if (t.checkpoint_every and state["step"] % t.checkpoint_every == 0 and state["step"] < total_steps
-                    and accelerator.is_main_process):
+            if (
+                t.checkpoint_every
+                and state["step"] % t.checkpoint_every == 0
+                and state["step"] < total_steps
+                and accelerator.is_main_process
+            ):
                 save_checkpoint(paths, accelerator.unwrap_model(model), optimizer, scheduler, state)
-            if stop.is_set() and state["step"] < total_steps:  # requeued, preempted or stopped: keep this step
+            if state["step"] < total_steps and agreed_stop(accelerator, stop):  # keep this step
                 if accelerator.is_main_process:
                     save_checkpoint(paths, accelerator.unwrap_model(model), optimizer, scheduler, state)
-                raise Interrupted(f"SIGTERM: stopped after step {state['step']}, checkpointed; a requeued or "
-                                  "resumed fine-tune continues from there")
+                accelerator.wait_for_everyone()  # no rank ends (and, with --kill-on-bad-exit, kills) before it
+                raise Preempted(stop.signal_name or "SIGTERM", state["step"])
             if state["step"] >= total_steps:
                 break
         if state["step"] >= total_steps:
@@ -224,7 +308,7 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: thread
     return state, passes, time.perf_counter() - t0
 
 
-def run(cfg, paths: RunPaths) -> dict:
+def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopRequest | None = None) -> TrainMetrics:
     """Train, then write the adapter and train_metrics.json (rank 0 only); returns the metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -232,7 +316,8 @@ def run(cfg, paths: RunPaths) -> dict:
     if training_problem(cfg, paths) is None:
         # A requeued job, or slurm/finetune.sh sent again, after the adapter was written: nothing to redo.
         log.info("the adapter in %s is complete and current; not training again", paths.adapter)
-        return read_json(paths.train_metrics)
+        return TrainMetrics.read(paths.train_metrics)
+    env = env or JobEnvironment()
     planned = cfg  # the adapter depends on the config as planned; "auto" left open is chosen now (a GPU)
     cfg = resolve_in_stage(cfg, "finetune")
     t = cfg.train
@@ -240,44 +325,97 @@ def run(cfg, paths: RunPaths) -> dict:
     # cpu=True where there is no GPU: Accelerate then forms a gloo group of the processes a launcher started
     # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself (Accelerate
     # would step it once per process, for data loaders it shards; here each step is one global batch already).
-    accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum, cpu=not torch.cuda.is_available(),
-                              step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=t.grad_accum, cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False
+    )
     train = load_split(cfg, "train")
-    log.info("train set: %d examples from %s (%d without gold label dropped)",
-             len(train.examples), train.source, train.dropped)
-    trainee = prepare_model_and_data(cfg, train, {"train_config_hash": planned.train_hash(),
-                                                  "train_data_hash": train.content_hash})
-    with stop_requested() as stop:
-        state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, stop)
+    log.info(
+        "train set: %d examples from %s (%d without gold label dropped)",
+        len(train.examples),
+        train.source,
+        train.dropped,
+    )
+    trainee = prepare_model_and_data(
+        cfg, train, {"train_config_hash": planned.train_hash(), "train_data_hash": train.content_hash}
+    )
+    with stop_requested(stop or StopRequest()) as requested:
+        state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, requested)
     losses = state["losses"]
 
     accelerator.wait_for_everyone()
-    metrics = {
-        "train_examples": len(train.examples), "train_source": train.source, "dropped": train.dropped,
-        "steps": state["step"], "examples_seen": state["seen"], "epochs": epochs, "restarts": state["restarts"],
-        "runtime_s": runtime, "model_load_s": trainee.load_s,
-        "examples_per_s": state["seen"] / runtime, "tokens_per_s": state["tokens"] / runtime,
-        "final_loss": losses[-1]["loss"] if losses else None,
-        "best_loss": min(r["loss"] for r in losses) if losses else None,
-        "loss_curve": losses, "parameters": trainee.params,
-        "memory": peak_memory(trainee.rss_before_model_mb), "memory_estimate": planned_estimate(paths, "finetune"),
-        "device": device_name(), "dtype": dtype_name(stage_dtype(cfg.model.dtype, "train")),
-        "num_processes": accelerator.num_processes,
-        "nodes": accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)),
-        "batch": BatchRule.of(t).describe(), "batch_tokens": t.batch_tokens,
-        "gradient_checkpointing": t.gradient_checkpointing,
-        "per_process_batch_size": t.batch_size if t.batch_tokens is None else None,
-        "effective_batch_size": state["seen"] / max(1, state["step"]),  # pairs per optimizer step
-        "inputs": trainee.inputs,
-    }
+    processes_per_node = env.local_world_size or accelerator.num_processes
+    metrics = TrainMetrics(
+        schema_version=TrainMetrics.VERSION,
+        train_examples=len(train.examples),
+        train_source=train.source,
+        dropped=train.dropped,
+        steps=state["step"],
+        examples_seen=state["seen"],
+        epochs=epochs,
+        restarts=state["restarts"],
+        runtime_s=runtime,
+        model_load_s=trainee.load_s,
+        examples_per_s=state["seen"] / runtime,
+        tokens_per_s=state["tokens"] / runtime,
+        final_loss=losses[-1]["loss"] if losses else None,
+        best_loss=min(r["loss"] for r in losses) if losses else None,
+        loss_curve=losses,
+        parameters=trainee.params,
+        memory=peak_memory(trainee.rss_before_model_mb),
+        memory_estimate=planned_estimate(paths, "finetune"),
+        device=device_name(),
+        dtype=dtype_name(stage_dtype(cfg.model.dtype, "train")),
+        num_processes=accelerator.num_processes,
+        nodes=accelerator.num_processes // processes_per_node,
+        batch=BatchRule.of(t).describe(),
+        batch_tokens=t.batch_tokens,
+        gradient_checkpointing=t.gradient_checkpointing,
+        per_process_batch_size=t.batch_size if t.batch_tokens is None else None,
+        effective_batch_size=state["seen"] / max(1, state["step"]),  # pairs per optimizer step
+        inputs=trainee.inputs,
+        adapter_bytes=0,
+    )
     if accelerator.is_main_process:
-        accelerator.unwrap_model(trainee.model).save_pretrained(paths.adapter, safe_serialization=True)
-        follow_umask(paths.adapter)
-        metrics["adapter_bytes"] = sum(f.stat().st_size for f in paths.adapter.rglob("*") if f.is_file())
-        write_json(paths.train_metrics, metrics)
+        with directory_aside(paths.adapter) as staging:
+            accelerator.unwrap_model(trainee.model).save_pretrained(staging, safe_serialization=True)
+            adapter_bytes = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+        metrics = dataclasses.replace(metrics, adapter_bytes=adapter_bytes)
+        metrics.write(paths.train_metrics)
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the final adapter supersedes them
         log.info("trained %d steps in %.1f s; adapter in %s", state["step"], runtime, paths.adapter)
     return metrics
+
+
+def run_task(cfg, paths: RunPaths, stage: Stage, task: int, job: JobEnvironment) -> str:
+    """The fine-tune as a Slurm job or a local process runs it. On Slurm's time-limit warning it checkpoints
+    (stop_requested), then rank 0 asks Slurm to requeue the job, up to MAX_REQUEUES times; the requeued job
+    resumes from the checkpoint. SIGTERM alone (preemption, scancel) checkpoints and stops: Slurm requeues a
+    preempted job itself."""
+    limit_signal = f"SIG{TIME_LIMIT_SIGNAL}"
+    try:
+        with stop_requested(StopRequest()) as requested:  # from the start: a signal while loading is kept too
+            run(cfg, paths, job, requested)
+    except Preempted as stop:
+        if stop.signal_name != limit_signal or job.job_id is None:
+            raise
+        if job.restart_count >= MAX_REQUEUES:
+            raise UserFacingError(
+                f"time limit reached {job.restart_count + 1} times (resources.time_min "
+                f"{cfg.resources.time_min}); checkpointed at step {stop.step}; raise "
+                f"resources.time_min and run: python -m hpcnli.submit --resume {paths.run_dir}"
+            ) from None
+        if job.global_rank == 0:
+            log.warning(
+                "time limit in %d s or less: stopped at step %d; requeueing job %s (requeue %d of %d)",
+                SIGNAL_LEAD_S,
+                stop.step,
+                job.job_id,
+                job.restart_count + 1,
+                MAX_REQUEUES,
+            )
+            requeue(job.job_id)
+        raise SystemExit(0) from None  # Slurm ends this run of the job and starts it again
+    return str(paths.adapter)
 
 
 def main(argv=None) -> int:
@@ -289,7 +427,7 @@ def main(argv=None) -> int:
     env.match_torch_threads()
     env.export_torch_distributed()  # srun with several tasks (slurm/finetune.sh): one data-parallel group
     paths = RunPaths(args.run_dir)
-    return run_command("hpcnli.finetune", lambda: run(load_config(paths.config), paths))
+    return run_command("hpcnli.finetune", lambda: run_task(load_config(paths.config), paths, FINETUNE, 0, env))
 
 
 if __name__ == "__main__":

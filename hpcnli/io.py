@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hpcnli.errors import UserFacingError
+
+log = logging.getLogger(__name__)
 
 
 class RunFileError(UserFacingError, ValueError):
@@ -45,6 +52,48 @@ def follow_umask(directory: Path) -> None:
             f.chmod(0o666 & ~_umask())
 
 
+@contextmanager
+def directory_aside(target: Path) -> Iterator[Path]:
+    """Write a directory aside, then rename it into place: readers find the old one or the whole new one.
+
+    The staging directory is this writer's own (a unique name beside the target), so two writers never share
+    one or delete each other's files, whatever a lock on a shared filesystem does; the last rename wins. An
+    error leaves the target as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".staging"))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
+        follow_umask(staging)
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def work_saving_lock(path: Path) -> Iterator[bool]:
+    """An exclusive file lock (filelock) that only saves work, so it is skipped where the filesystem has none
+    (Lustre mounted without flock answers ENOSYS). Yields whether the lock is held."""
+    from filelock import FileLock
+
+    lock = FileLock(path)
+    try:
+        lock.acquire()
+    except OSError as e:
+        log.warning("no file lock on %s (%s); going on without it", path, e.strerror or e)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -57,7 +106,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RunFileError(f"{path} is missing; is {Path(path).parent} a run directory made by hpcnli.submit?") from None
+        raise RunFileError(
+            f"{path} is missing; is {Path(path).parent} a run directory made by hpcnli.submit?"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunFileError(f"{path} is corrupt (not valid JSON: {e}); restore it, or start a new run") from None
 

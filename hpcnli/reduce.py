@@ -18,15 +18,16 @@ from hpcnli.cluster.commands import job_times
 from hpcnli.config import load_config
 from hpcnli.data.nli import LABELS, load_split
 from hpcnli.errors import raise_on_sigterm, run_command
-from hpcnli.io import RunFileError, read_json, write_json
+from hpcnli.io import RunFileError, read_json
 from hpcnli.logs import setup_logging
+from hpcnli.records import Report, ShardMetrics, TrainMetrics
 from hpcnli.report import index, markdown, stats
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.stages import Stage
 from hpcnli.run.state import collect, test_set_changed, training_problem
 
 log = logging.getLogger("hpcnli.reduce")
-SCHEMA_VERSION = 1
 METRIC_MODULE = Path(__file__).parent / "metrics" / "accuracy" / "accuracy.py"
 
 
@@ -47,27 +48,41 @@ def _pick(ids: list[str], n: int, salt: str) -> list[str]:
     return [i for i in ids if i in chosen]
 
 
-def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
+def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> Report:
     manifest = read_json(paths.test_manifest)
     predictions, shard_metrics, problems = collect(paths, cfg, manifest)
     test = load_split(cfg, "test")
     changed = test_set_changed(test, manifest)
     if changed:  # gold labels and texts would not be the ones the models were scored on
-        problems.append({"model": "both", "shard": None, "examples": len(manifest["ids"]), "problem": changed,
-                         "file": test.source})
+        problems.append(
+            {"model": "both", "shard": None, "examples": len(manifest["ids"]), "problem": changed, "file": test.source}
+        )
     train_why = training_problem(cfg, paths, need_adapter=False)
     if train_why:
-        problems.append({"model": "finetuned", "shard": None, "examples": 0, "problem": f"fine-tune: {train_why}",
-                         "file": str(paths.train_metrics)})
-    train = None if train_why else read_json(paths.train_metrics)
-    base = {"schema_version": SCHEMA_VERSION, "run": paths.name, "config": cfg.to_dict(),
-            "config_hash": cfg.hash(), "test_set": {k: v for k, v in manifest.items() if k != "ids"},
-            "training": train, "shards": shard_metrics,
-            "provenance": read_json(paths.provenance) if paths.provenance.is_file() else None,
-            "slurm_jobs": slurm_jobs(paths)}
+        problems.append(
+            {
+                "model": "finetuned",
+                "shard": None,
+                "examples": 0,
+                "problem": f"fine-tune: {train_why}",
+                "file": str(paths.train_metrics),
+            }
+        )
+    train = None if train_why else TrainMetrics.read(paths.train_metrics)
+    base = dict(  # noqa: C408 (Report's field names)
+        schema_version=Report.VERSION,
+        run=paths.name,
+        config=cfg.to_dict(),
+        config_hash=cfg.hash(),
+        test_set={k: v for k, v in manifest.items() if k != "ids"},
+        training=train,
+        shards=shard_metrics,
+        provenance=read_json(paths.provenance) if paths.provenance.is_file() else None,
+        slurm_jobs=slurm_jobs(paths),
+    )
     if problems:
         missing = sum(p["examples"] for p in problems)
-        return {**base, "complete": False, "problems": problems, "missing_examples": missing}
+        return Report(**base, complete=False, problems=problems, missing_examples=missing)
 
     ids = manifest["ids"]
     gold = [predictions["base"][i]["gold"] for i in ids]
@@ -75,15 +90,17 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
     for model in MODELS:
         pred = [predictions[model][i]["pred"] for i in ids]
         correct = sum(int(p == g) for p, g in zip(pred, gold))
-        runtimes = [m["runtime_s"] for m in shard_metrics[model]]
+        runtimes = [m.runtime_s for m in shard_metrics[model]]
         models[model] = {
-            "accuracy": _accuracy(gold, pred), "correct": correct, "examples": len(ids),
+            "accuracy": _accuracy(gold, pred),
+            "correct": correct,
+            "examples": len(ids),
             "accuracy_ci95": list(stats.accuracy_ci(correct, len(ids))),
             "per_class": stats.per_class(gold, pred, LABELS),
             "confusion": stats.confusion(gold, pred),
             "predicted_label_counts": [pred.count(k) for k in range(3)],
             "eval_runtime_summed_s": sum(runtimes),
-            "eval_model_load_summed_s": sum(m["model_load_s"] for m in shard_metrics[model]),
+            "eval_model_load_summed_s": sum(m.model_load_s for m in shard_metrics[model]),
             "eval_examples_per_s": len(ids) / sum(runtimes) if sum(runtimes) else None,
             "eval_wall_span_s": wall_span(shard_metrics[model]),
             "peak_memory": max_memory(shard_metrics[model]),
@@ -95,15 +112,26 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> dict:
     texts = {e["id"]: e for e in test.examples}
 
     def table(chosen: list[str]) -> list[dict]:
-        return [{"id": i, "premise": texts[i]["premise"], "hypothesis": texts[i]["hypothesis"],
-                 "gold": LABELS[predictions["base"][i]["gold"]],
-                 "base": LABELS[predictions["base"][i]["pred"]],
-                 "finetuned": LABELS[predictions["finetuned"][i]["pred"]]} for i in chosen]
+        return [
+            {
+                "id": i,
+                "premise": texts[i]["premise"],
+                "hypothesis": texts[i]["hypothesis"],
+                "gold": LABELS[predictions["base"][i]["gold"]],
+                "base": LABELS[predictions["base"][i]["pred"]],
+                "finetuned": LABELS[predictions["finetuned"][i]["pred"]],
+            }
+            for i in chosen
+        ]
 
-    return {**base, "complete": True, "models": models,
-            "comparison": stats.paired_difference(base_ok, tuned_ok),
-            "fixed_examples": table(_pick(fixed, max_examples, "fixed")),
-            "broken_examples": table(_pick(broken, max_examples, "broken"))}
+    return Report(
+        **base,
+        complete=True,
+        models=models,
+        comparison=stats.paired_difference(base_ok, tuned_ok),
+        fixed_examples=table(_pick(fixed, max_examples, "fixed")),
+        broken_examples=table(_pick(broken, max_examples, "broken")),
+    )
 
 
 def slurm_jobs(paths: RunPaths) -> dict:
@@ -111,35 +139,47 @@ def slurm_jobs(paths: RunPaths) -> dict:
     return job_times([str(j) for j in SubmissionLedger(paths).job_ids()])
 
 
-def wall_span(metrics: list[dict]) -> float:
+def wall_span(metrics: list[ShardMetrics]) -> float:
     """First shard start to last shard end: what parallel shards buy against the summed shard time."""
     from datetime import datetime
 
-    starts = [datetime.fromisoformat(m["started_at"]).timestamp() for m in metrics]
-    ends = [datetime.fromisoformat(m["finished_at"]).timestamp() for m in metrics]
+    starts = [datetime.fromisoformat(m.started_at).timestamp() for m in metrics]
+    ends = [datetime.fromisoformat(m.finished_at).timestamp() for m in metrics]
     return max(ends) - min(starts)
 
 
-def max_memory(metrics: list[dict]) -> dict:
-    keys = {k for m in metrics for k, v in m.get("memory", {}).items() if isinstance(v, (int, float))}
-    return {k: max(m["memory"].get(k, 0) for m in metrics) for k in sorted(keys)}
+def max_memory(metrics: list[ShardMetrics]) -> dict:
+    keys = {k for m in metrics for k, v in m.memory.items() if isinstance(v, (int, float))}
+    return {k: max(m.memory.get(k, 0) for m in metrics) for k in sorted(keys)}
 
 
-def run(cfg, paths: RunPaths) -> dict:
+def run(cfg, paths: RunPaths) -> Report:
     rep = build_report(paths, cfg)
-    write_json(paths.report_json, rep)
+    rep.write(paths.report_json)
     markdown.write_markdown(paths, rep)
-    if (rep.get("provenance") or {}).get("output_root") == str(paths.run_dir.parent):  # planned in output_root, still there
+    if (rep.provenance or {}).get("output_root") == str(paths.run_dir.parent):  # planned in output_root, still there
         index.write_index(paths.run_dir.parent)
-    if not rep["complete"]:
-        lines = [f"  {p['model']} shard {p['shard']} ({p['examples']} examples): {p['problem']}"
-                 if p["shard"] is not None else f"  {p['model']}: {p['problem']}" for p in rep["problems"]]
-        raise IncompleteRun(f"{len(rep['problems'])} problem(s) (shards missing or invalid, or stale inputs), {rep['missing_examples']} "
-                            "example predictions missing:\n" + "\n".join(lines) +
-                            f"\nComplete the run with: python -m hpcnli.submit --resume {paths.run_dir}")
+    if not rep.complete:
+        lines = [
+            f"  {p['model']} shard {p['shard']} ({p['examples']} examples): {p['problem']}"
+            if p["shard"] is not None
+            else f"  {p['model']}: {p['problem']}"
+            for p in rep.problems
+        ]
+        raise IncompleteRun(
+            f"{len(rep.problems)} problem(s) (shards missing or invalid, or stale inputs), {rep.missing_examples} "
+            "example predictions missing:\n"
+            + "\n".join(lines)
+            + f"\nComplete the run with: python -m hpcnli.submit --resume {paths.run_dir}"
+        )
     shutil.rmtree(paths.eval_weights_root, ignore_errors=True)  # every shard is in: the weights are not needed again
     log.info("report: %s", paths.report_md)
     return rep
+
+
+def run_task(cfg, paths: RunPaths, stage: Stage, task: int, job) -> str:
+    run(cfg, paths)  # raises IncompleteRun (the job fails) if shards are still missing
+    return str(paths.report_md)
 
 
 def main(argv=None) -> int:
@@ -151,8 +191,9 @@ def main(argv=None) -> int:
     def reduce_run() -> int:
         paths = RunPaths(args.run_dir)
         if not paths.config.is_file():
-            raise RunFileError(f"{args.run_dir} is not a run directory (no config.yaml); "
-                               "give the directory hpcnli.submit printed")
+            raise RunFileError(
+                f"{args.run_dir} is not a run directory (no config.yaml); give the directory hpcnli.submit printed"
+            )
         try:
             run(load_config(paths.config), paths)
         except IncompleteRun as e:

@@ -24,7 +24,8 @@ from hpcnli.logs import setup_logging
 from hpcnli.run import memory_plan, time_plan
 from hpcnli.run.lock import RunLock
 from hpcnli.run.paths import RunPaths
-from hpcnli.run.planning import PlanError, check_resumable, plan, plan_once, slurm_problem
+from hpcnli.run.planning import PlanError, check_resumable, create_once, create_run, slurm_problem
+from hpcnli.run.stages import Work
 from hpcnli.run.state import remaining_work
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -33,14 +34,21 @@ RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="jobs/default.yaml", help="YAML run config (default: %(default)s)")
-    p.add_argument("--executor", choices=("local", "slurm"), default=None,
-                   help="local: run every stage here; slurm: submit through submitit "
-                        "(default: slurm when --partition is given, else local)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default=None,
+        help="local: run every stage here; slurm: submit through submitit "
+        "(default: slurm when --partition is given, else local)",
+    )
     p.add_argument("--partition", help="Slurm partition (overrides resources.partition)")
     p.add_argument("--name", help="run directory name under output_root (default: <config name>-<timestamp>)")
     p.add_argument("--run-dir", help="exact run directory (overrides --name and output_root)")
-    p.add_argument("--plan-only", action="store_true",
-                   help="validate and write the run directory, run nothing (the sbatch scripts use this)")
+    p.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="validate and write the run directory, run nothing (the sbatch scripts use this)",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="complete an existing run: redo only what is missing or invalid")
     p.add_argument("--force", action="store_true", help="with --resume: redo every stage")
     p.add_argument("--wait", action="store_true", help="slurm: block until the run ends, showing progress")
@@ -53,7 +61,7 @@ def parse_args(argv=None):
     return args
 
 
-def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
+def prepare(args) -> tuple[RunConfig, RunPaths, Work]:
     """The run's config and directory (planned now, or an existing one for --resume) and what is left to do."""
     partition = [f"resources.partition={args.partition}"] if args.partition else []
     if args.resume:
@@ -70,18 +78,22 @@ def prepare(args) -> tuple[RunConfig, RunPaths, dict]:
         if why:
             raise PlanError(why)
     elif cfg.resources.nodes > 1:
-        raise PlanError(f"resources.nodes: {cfg.resources.nodes} nodes need Slurm (--partition); the local executor "
-                        "runs on this machine only")
+        raise PlanError(
+            f"resources.nodes: {cfg.resources.nodes} nodes need Slurm (--partition); the local executor "
+            "runs on this machine only"
+        )
     if args.resume:
         check_resumable(cfg, paths)
         if args.force:  # the fine-tune stage keeps a complete, current adapter unless told otherwise
             paths.train_metrics.unlink(missing_ok=True)
         return cfg, paths, remaining_work(cfg, paths, args.force)
     if args.name is not None and not RUN_NAME.fullmatch(args.name):
-        raise PlanError(f"--name: {args.name!r} must be letters, digits, '-', '_' or '.' (a directory in output_root, "
-                        "not a path); use --run-dir for a run directory elsewhere")
+        raise PlanError(
+            f"--name: {args.name!r} must be letters, digits, '-', '_' or '.' (a directory in output_root, "
+            "not a path); use --run-dir for a run directory elsewhere"
+        )
     name = args.name or f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    paths = plan(cfg, Path(args.run_dir) if args.run_dir else Path(cfg.output_root) / name)
+    paths = create_run(cfg, Path(args.run_dir) if args.run_dir else Path(cfg.output_root) / name)
     cfg = load_config(paths.config)  # as planned: "auto" batches and checkpointing resolved
     return cfg, paths, remaining_work(cfg, paths)
 
@@ -96,17 +108,20 @@ def print_plan(paths: RunPaths) -> None:
 def start(args) -> int:
     """Plan (or reload) the run, then run it here or submit it; returns the exit status."""
     if args.plan_only:
-        paths = plan_once(Path(args.run_dir), lambda: prepare(args)[1]) if args.run_dir else prepare(args)[1]
+        paths = create_once(Path(args.run_dir), lambda: prepare(args)[1]) if args.run_dir else prepare(args)[1]
         print_plan(paths)
         print(f"planned {paths.run_dir}")
         return 0
     cfg, paths, work = prepare(args)
     resume = f"python -m hpcnli.submit --resume {paths.run_dir}"
     with RunLock(paths) as lock:
-        print(f"run directory: {paths.run_dir}\n"
-              f"to do: finetune={'yes' if work['finetune'] else 'done'}, base shards {work['base']}, "
-              f"finetuned shards {work['finetuned']}", flush=True)
-        for why in work.get("why", []):
+        print(
+            f"run directory: {paths.run_dir}\n"
+            f"to do: finetune={'yes' if work.finetune else 'done'}, base shards {work.shards('base')}, "
+            f"finetuned shards {work.shards('finetuned')}",
+            flush=True,
+        )
+        for why in work.why:
             print(f"  redo: {why}", flush=True)
         print_plan(paths)
         try:
@@ -117,12 +132,17 @@ def start(args) -> int:
             try:
                 return slurm.submit_slurm(cfg, paths, work, wait=args.wait)
             except (slurm.SubmissionRefused, subprocess.CalledProcessError) as e:
-                print(f"hpcnli.submit: sbatch refused the job: {e}\nNothing computed in {paths.run_dir} is lost; "
-                      f"fix the resources and run: {resume}", file=sys.stderr)
+                print(
+                    f"hpcnli.submit: sbatch refused the job: {e}\nNothing computed in {paths.run_dir} is lost; "
+                    f"fix the resources and run: {resume}",
+                    file=sys.stderr,
+                )
                 return 2
         except (KeyboardInterrupt, Interrupted):
-            print(f"hpcnli.submit: stopped, and the stage that was running with it; nothing computed is lost: "
-                  f"{resume}", file=sys.stderr)
+            print(
+                f"hpcnli.submit: stopped, and the stage that was running with it; nothing computed is lost: {resume}",
+                file=sys.stderr,
+            )
             return 130
 
 

@@ -7,8 +7,8 @@
 #SBATCH --job-name=hpcnli-eval
 #SBATCH --partition=gpu
 #SBATCH --time=01:00:00
-#SBATCH --cpus-per-task=1
-#SBATCH --mem=4G
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=8G
 #SBATCH --array=0-1
 #SBATCH --output=%x_%A_%a.out
 set -euo pipefail

@@ -2,16 +2,18 @@
 # Stage 1 of an hpcnli run, for plain sbatch (no Python launcher needed):
 #   sbatch slurm/finetune.sh RUN_DIR [CONFIG]
 #   sbatch --export=ALL,RUN_DIR=results/my-run,CONFIG=jobs/default.yaml slurm/finetune.sh
-# Plans RUN_DIR from CONFIG on first use. Requeue-safe: training resumes from its last checkpoint.
+# Plans RUN_DIR from CONFIG on first use. Requeue-safe: training resumes from its last checkpoint; 90 s before the
+# time limit (--signal, to the batch shell that exec becomes) it checkpoints and requeues itself (run.stages).
 # Data parallel: sbatch --nodes=M --ntasks-per-node=N (--gpus-per-node=N on GPUs) starts N x M processes.
 # Every #SBATCH line below is a default; options on the sbatch command line override it.
 #SBATCH --job-name=hpcnli-finetune
 #SBATCH --partition=gpu
-#SBATCH --time=02:00:00
+#SBATCH --time=01:00:00
 #SBATCH --cpus-per-task=2
 #SBATCH --mem=8G
 #SBATCH --output=%x_%j.out
 #SBATCH --requeue
+#SBATCH --signal=B:USR2@90
 set -euo pipefail
 RUN_DIR=${1:-${RUN_DIR:?usage: sbatch slurm/finetune.sh RUN_DIR [CONFIG]}}
 CONFIG=${2:-${CONFIG:-jobs/default.yaml}}

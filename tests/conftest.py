@@ -16,11 +16,18 @@ os.umask(TEST_UMASK)
 
 def run_cli(*args, check=True, timeout=1200, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
     """Run `python -m <args>` as a user would, from the repository root."""
-    proc = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\n"
-                             f"stderr:\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -29,9 +36,9 @@ def slurm_available() -> str | None:
     if shutil.which("sinfo") is None:
         return "no Slurm client on PATH (make test starts the local cluster)"
     if not os.environ.get("SLURM_CONF"):
-        return "SLURM_CONF is not set (run: eval \"$(slurm/local-cluster.sh env)\")"
+        return 'SLURM_CONF is not set (run: eval "$(slurm/local-cluster.sh env)")'
     proc = subprocess.run(["sinfo", "--noheader", "--format=%P %t"], capture_output=True, text=True)
-    if proc.returncode != 0 or "idle" not in proc.stdout and "mix" not in proc.stdout and "alloc" not in proc.stdout:
+    if proc.returncode != 0 or ("idle" not in proc.stdout and "mix" not in proc.stdout and "alloc" not in proc.stdout):
         return f"the Slurm cluster does not answer: {proc.stderr.strip() or proc.stdout.strip()}"
     return None
 
@@ -52,8 +59,9 @@ def smoke_run(tmp_path_factory):
     from hpcnli.run.paths import RunPaths
 
     root = tmp_path_factory.mktemp("runs")
-    proc = run_cli("hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--name", "smoke",
-                   f"output_root={root}")
+    proc = run_cli(
+        "hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--name", "smoke", f"output_root={root}"
+    )
     assert "report:" in proc.stdout
     return RunPaths(root / "smoke")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -12,12 +13,10 @@ import torch
 from conftest import ROOT, SNLI, run_cli
 from hpcnli.config import load_config
 from hpcnli.data import nli
-
+from hpcnli.data.batching import BatchRule, batch_tokens, global_batches
 from hpcnli.io import read_json, read_jsonl
 from hpcnli.model import footprint, loading
 from hpcnli.run.paths import RunPaths
-from hpcnli.scoring import engine
-from hpcnli.scoring.batching import BatchRule, batch_tokens, global_batches
 from hpcnli.scoring.engine import predict
 from hpcnli.scoring.prompts import tokenize_prompts
 
@@ -33,8 +32,10 @@ DEFAULT = ROOT / "jobs" / "default.yaml"
 def test_token_batches_never_exceed_the_budget_and_hold_every_row_once(ways, parts):
     rng = random.Random(ways * 10 + parts)
     n, budget = 500, 300
-    widths = [tuple(rng.randint(1, 150 // parts) for _ in range(parts)) if parts > 1 else rng.randint(1, 150)
-              for _ in range(n)]
+    widths = [
+        tuple(rng.randint(1, 150 // parts) for _ in range(parts)) if parts > 1 else rng.randint(1, 150)
+        for _ in range(n)
+    ]
     order = sorted(range(n), key=lambda i: widths[i] if parts == 1 else widths[i][-1])
     batches = BatchRule(tokens=budget, ways=ways).cut(order, widths)
     assert sorted(i for b in batches for i in b) == list(range(n))
@@ -44,7 +45,7 @@ def test_token_batches_never_exceed_the_budget_and_hold_every_row_once(ways, par
         for r in range(ways):  # each process's share, padded on its own
             assert not b[r::ways] or batch_tokens(b[r::ways], widths) <= budget
     # greedy: a batch is closed only when the next row would not fit
-    for b, nxt in zip(batches, batches[1:]):
+    for b, nxt in itertools.pairwise(batches):
         assert batch_tokens(b + [nxt[0]], widths, ways) > budget
     with pytest.raises(ValueError, match="does not fit"):
         BatchRule(tokens=10).cut([0], [11])
@@ -52,7 +53,7 @@ def test_token_batches_never_exceed_the_budget_and_hold_every_row_once(ways, par
 
 def test_fixed_rule_cuts_as_before():
     order = list(range(23))
-    assert BatchRule(rows=5).cut(order, [1] * 23) == [order[i:i + 5] for i in range(0, 23, 5)]
+    assert BatchRule(rows=5).cut(order, [1] * 23) == [order[i : i + 5] for i in range(0, 23, 5)]
     assert BatchRule(rows=5).times(8).rows == 40 and BatchRule(tokens=100).times(8).tokens == 800
 
 
@@ -64,7 +65,9 @@ def test_training_epochs_by_tokens_cover_every_pair_within_budget(processes):
     for epoch in range(2):
         batches = global_batches(lengths, rule, seed=1, epoch=epoch, by_length=True)
         seen = [i for b in batches for i in b]
-        assert len(seen) == len(set(seen)) and len(seen) >= len(lengths) - processes  # only a too-small last batch dropped
+        assert (
+            len(seen) == len(set(seen)) and len(seen) >= len(lengths) - processes
+        )  # only a too-small last batch dropped
         for b in batches:
             for r in range(processes):
                 assert batch_tokens(b[r::processes], lengths) <= 512
@@ -73,10 +76,6 @@ def test_training_epochs_by_tokens_cover_every_pair_within_budget(processes):
         pad = sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
         plain = global_batches(lengths, rule, seed=1, epoch=epoch, by_length=False)
         assert pad < 0.5 * sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in plain)
-
-
-def test_chunk_size_is_the_engines():
-    assert footprint.PREFIX_CHUNK_BATCHES == engine.PREFIX_CHUNK_BATCHES
 
 
 # ---------------------------------------------------------------- scoring by tokens
@@ -93,12 +92,13 @@ def scored_model():
 def test_token_budget_scores_like_fixed_batches_and_never_exceeds_it(scored_model, share_prefix):
     """Every forward pass holds at most batch_tokens tokens (rows x (cached + new columns)), every pair is
     scored once, and the predictions are those of fixed-count batches."""
-    cfg, model, tok = scored_model
+    _, model, tok = scored_model
     examples = nli.load_split(load_config(DEFAULT, ["data.synthetic_test_size=90"]), "test").examples
     budget = 300
     fixed = load_config(DEFAULT, ["model.dtype=float32", "eval.batch_size=8", f"eval.share_prefix={share_prefix}"])
-    by_tokens = load_config(DEFAULT, ["model.dtype=float32", f"eval.batch_tokens={budget}",
-                                      f"eval.share_prefix={share_prefix}"])
+    by_tokens = load_config(
+        DEFAULT, ["model.dtype=float32", f"eval.batch_tokens={budget}", f"eval.share_prefix={share_prefix}"]
+    )
     seen = []
 
     def record(module, args, kwargs):
@@ -117,21 +117,28 @@ def test_token_budget_scores_like_fixed_batches_and_never_exceeds_it(scored_mode
     assert [r["id"] for r in rows] == [e["id"] for e in examples]
     ref = predict(model, tok, fixed, examples)
     assert [r["pred"] for r in rows] == [r["pred"] for r in ref]
-    assert torch.allclose(torch.tensor([r["scores"] for r in rows]), torch.tensor([r["scores"] for r in ref]),
-                          atol=1e-4)
+    assert torch.allclose(
+        torch.tensor([r["scores"] for r in rows]), torch.tensor([r["scores"] for r in ref]), atol=1e-4
+    )
 
 
 # ---------------------------------------------------------------- the memory plan
 
 
 def plan(tmp_path, *overrides, check=True):
-    return run_cli("hpcnli.submit", "--config", DEFAULT, "--plan-only", "--run-dir", tmp_path / "run",
-                   *overrides, check=check)
+    return run_cli(
+        "hpcnli.submit", "--config", DEFAULT, "--plan-only", "--run-dir", tmp_path / "run", *overrides, check=check
+    )
 
 
 def test_auto_budgets_are_chosen_to_fit_and_written_into_the_plan(tmp_path):
-    proc = plan(tmp_path, "train.batch_tokens=auto", "eval.batch_tokens=auto", "train.gradient_checkpointing=auto",
-                "resources.mem_gb=4")
+    proc = plan(
+        tmp_path,
+        "train.batch_tokens=auto",
+        "eval.batch_tokens=auto",
+        "train.gradient_checkpointing=auto",
+        "resources.mem_gb=4",
+    )
     paths = RunPaths(tmp_path / "run")
     cfg = load_config(paths.config)
     memory = read_json(paths.memory_plan)
@@ -162,13 +169,25 @@ def test_checkpointing_is_switched_on_only_when_needed(tmp_path):
     assert memory["worst_fixed_train_batch"] == 480 * max(lengths)
 
 
-@pytest.mark.parametrize("executor, overrides, key", [
-    ("local", ["resources.gpus_per_node=1", "resources.gpu_mem_gb=0.5"], "resources.gpu_mem_gb"),
-    ("local", ["resources.mem_gb=2", "train.batch_size=480"], "resources.mem_gb"),
-])
+@pytest.mark.parametrize(
+    "executor, overrides, key",
+    [
+        ("local", ["resources.gpus_per_node=1", "resources.gpu_mem_gb=0.5"], "resources.gpu_mem_gb"),
+        ("local", ["resources.mem_gb=2", "train.batch_size=480"], "resources.mem_gb"),
+    ],
+)
 def test_plan_over_the_memory_ceiling_is_refused_before_anything_runs(tmp_path, executor, overrides, key):
-    proc = run_cli("hpcnli.submit", "--config", DEFAULT, "--executor", executor, "--run-dir", tmp_path / "run",
-                   *overrides, check=False)
+    proc = run_cli(
+        "hpcnli.submit",
+        "--config",
+        DEFAULT,
+        "--executor",
+        executor,
+        "--run-dir",
+        tmp_path / "run",
+        *overrides,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"{key}: the " in proc.stderr and "over the" in proc.stderr and "lower" in proc.stderr
     assert "GiB" in proc.stderr and not (tmp_path / "run").exists()  # nothing planned, nothing run
@@ -178,8 +197,12 @@ def test_auto_batches_on_several_gpus_need_a_ceiling(tmp_path):
     """Each process would size "auto" from its own GPU's free memory; data-parallel processes must cut the same
     batches, so the plan asks for resources.gpu_mem_gb instead."""
     proc = plan(tmp_path, "resources.gpus_per_node=2", "train.batch_tokens=auto", check=False)
-    assert proc.returncode == 2 and "resources.gpu_mem_gb: train.batch_tokens or train.gradient_checkpointing is " \
-        "'auto' with 2 training processes; set resources.gpu_mem_gb" in proc.stderr, proc.stderr
+    assert (
+        proc.returncode == 2
+        and "resources.gpu_mem_gb: train.batch_tokens or train.gradient_checkpointing is "
+        "'auto' with 2 training processes; set resources.gpu_mem_gb"
+        in proc.stderr
+    ), proc.stderr
     assert not (tmp_path / "run").exists()
     plan(tmp_path / "one", "resources.gpus_per_node=1", "train.batch_tokens=auto")  # one process: chosen in the stage
     memory = read_json(RunPaths(tmp_path / "one" / "run").memory_plan)
@@ -191,10 +214,21 @@ def test_plan_over_gpu_mem_is_refused_before_slurm_sees_it(tmp_path, slurm_clust
         return subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True).stdout.split()
 
     before = jobs()
-    proc = run_cli("hpcnli.submit", "--config", DEFAULT, "--partition", "debug", "--run-dir", tmp_path / "run",
-                   "resources.mem_gb=2", "eval.batch_tokens=100000", check=False)
-    assert proc.returncode == 2 and "resources.mem_gb: the " in proc.stderr and "stage needs about" in proc.stderr, \
+    proc = run_cli(
+        "hpcnli.submit",
+        "--config",
+        DEFAULT,
+        "--partition",
+        "debug",
+        "--run-dir",
+        tmp_path / "run",
+        "resources.mem_gb=2",
+        "eval.batch_tokens=100000",
+        check=False,
+    )
+    assert proc.returncode == 2 and "resources.mem_gb: the " in proc.stderr and "stage needs about" in proc.stderr, (
         proc.stderr
+    )
     assert jobs() == before and not (tmp_path / "run").exists()
 
 
@@ -202,14 +236,28 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak(tmp_path):
     """Each stage's estimate (planned from the model's configuration alone) against the resident peak of its
     work on this CPU: the peak since the model was loaded, less the process before it. glibc is told to return
     freed blocks at once (its own environment knob), so that resident memory is what the tensors hold."""
-    run_cli("hpcnli.submit", "--config", DEFAULT, "--executor", "local", "--run-dir", tmp_path / "run",
-            "data.synthetic_train_size=240", "data.synthetic_test_size=480", "train.max_steps=3",
-            "train.batch_tokens=2048", "eval.batch_tokens=2048", "eval.num_shards=1",
-            env={"MALLOC_MMAP_THRESHOLD_": "131072"})
+    run_cli(
+        "hpcnli.submit",
+        "--config",
+        DEFAULT,
+        "--executor",
+        "local",
+        "--run-dir",
+        tmp_path / "run",
+        "data.synthetic_train_size=240",
+        "data.synthetic_test_size=480",
+        "train.max_steps=3",
+        "train.batch_tokens=2048",
+        "eval.batch_tokens=2048",
+        "eval.num_shards=1",
+        env={"MALLOC_MMAP_THRESHOLD_": "131072"},
+    )
     paths = RunPaths(tmp_path / "run")
     checked = []
-    for metrics in [read_json(paths.train_metrics),
-                    *(read_json(paths.shard_metrics(m, 0)) for m in ("base", "finetuned"))]:
+    for metrics in [
+        read_json(paths.train_metrics),
+        *(read_json(paths.shard_metrics(m, 0)) for m in ("base", "finetuned")),
+    ]:
         estimate = metrics["memory_estimate"]["total_bytes"] / 2**20
         measured = metrics["memory"]["work_peak_rss_mb"]
         checked.append((round(estimate), round(measured)))
@@ -268,20 +316,44 @@ def phi2_config_dir(tmp_path_factory):
 
     where = tmp_path_factory.mktemp("phi2")
     tok = loading.load_tokenizer(load_config(DEFAULT))
-    PhiConfig(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
-              num_attention_heads=32, num_key_value_heads=32, partial_rotary_factor=0.4, max_position_embeddings=2048,
-              hidden_act="gelu_new", layer_norm_eps=1e-5, resid_pdrop=0.1, rope_theta=10000.0,
-              tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-              pad_token_id=tok.pad_token_id).save_pretrained(where)
+    PhiConfig(
+        vocab_size=51200,
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        partial_rotary_factor=0.4,
+        max_position_embeddings=2048,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-5,
+        resid_pdrop=0.1,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    ).save_pretrained(where)
     tok.save_pretrained(where)
     save_file({"placeholder": torch.zeros(1)}, where / "model.safetensors")
     return where
 
 
-@pytest.mark.parametrize("config, checkpointing", [("phi2_snli_qlora.yaml", False), ("phi2_snli_seed_recipe.yaml", True)])
+@pytest.mark.parametrize(
+    "config, checkpointing", [("phi2_snli_qlora.yaml", False), ("phi2_snli_seed_recipe.yaml", True)]
+)
 def test_the_phi2_configs_plan_to_fit_an_80gb_card(phi2_config_dir, tmp_path, config, checkpointing):
-    proc = run_cli("hpcnli.submit", "--config", ROOT / "jobs" / config, "--plan-only", "--run-dir", tmp_path / "run",
-                   f"model.name_or_path={phi2_config_dir}", "data.train=synthetic", "data.test=synthetic")
+    proc = run_cli(
+        "hpcnli.submit",
+        "--config",
+        ROOT / "jobs" / config,
+        "--plan-only",
+        "--run-dir",
+        tmp_path / "run",
+        f"model.name_or_path={phi2_config_dir}",
+        "data.train=synthetic",
+        "data.test=synthetic",
+    )
     paths = RunPaths(tmp_path / "run")
     cfg, memory = load_config(paths.config), read_json(paths.memory_plan)
     assert memory["shape"]["quantizable"] + memory["shape"]["other"] > 2.7e9  # phi-2's 2.78B parameters
@@ -295,7 +367,7 @@ def test_the_phi2_configs_plan_to_fit_an_80gb_card(phi2_config_dir, tmp_path, co
 
 
 def test_budget_for_rows_holds_that_many_pairs_on_average():
-    from hpcnli.scoring.batching import budget_for_rows
+    from hpcnli.data.batching import budget_for_rows
 
     rng = random.Random(5)
     lengths = sorted(rng.randint(20, 90) for _ in range(400))

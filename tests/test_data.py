@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -9,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from hpcnli.data import synthetic
 from hpcnli.config import load_config
+from hpcnli.data import synthetic
 from hpcnli.data.nli import DataError, NLIData, load_source, load_split, shard_bounds, subset
 
 ROOT = Path(__file__).resolve().parents[1]
 SNLI = Path(__file__).resolve().parents[2] / "shared" / "snli"
-needs_snli = pytest.mark.skipif(not (SNLI / "test.jsonl").is_file(),
-                                reason=f"SNLI sample not found at {SNLI} (expected ../shared/snli from the repo root)")
+needs_snli = pytest.mark.skipif(
+    not (SNLI / "test.jsonl").is_file(),
+    reason=f"SNLI sample not found at {SNLI} (expected ../shared/snli from the repo root)",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +50,7 @@ HF_ROWS = [
 def _check_shards(n: int, shards: int) -> None:
     bounds = [shard_bounds(n, shards, i) for i in range(shards)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    for (lo, hi), (lo2, _) in zip(bounds, bounds[1:]):
+    for (_, hi), (lo2, _) in itertools.pairwise(bounds):
         assert hi == lo2, (n, shards, bounds)  # contiguous, hence disjoint
     covered = [i for lo, hi in bounds for i in range(lo, hi)]
     assert covered == list(range(n)), (n, shards)
@@ -56,7 +59,7 @@ def _check_shards(n: int, shards: int) -> None:
 
 
 def test_shard_bounds_small_grid():
-    for n in range(0, 51):
+    for n in range(51):
         for shards in range(1, 13):
             _check_shards(n, shards)
 
@@ -65,7 +68,7 @@ def test_shard_bounds_small_grid():
 def test_shard_bounds_large(n, shards):
     bounds = [shard_bounds(n, shards, i) for i in range(shards)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:]))
+    assert all(hi == lo2 for (_, hi), (lo2, _) in itertools.pairwise(bounds))
     sizes = [hi - lo for lo, hi in bounds]
     assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
 
@@ -122,7 +125,7 @@ def test_holdout_is_disjoint_from_training_and_stable():
 
 def test_holdout_larger_than_the_data_is_refused():
     cfg = load_config(None, ["data.synthetic_train_size=50", "data.holdout=50", "data.test=holdout"])
-    with pytest.raises(DataError, match="data.holdout: 50 would leave nothing to train on"):
+    with pytest.raises(DataError, match=r"data\.holdout: 50 would leave nothing to train on"):
         load_split(cfg, "train")
 
 
@@ -153,28 +156,47 @@ def test_snli_not_copied_into_repo():
 
 def test_stanford_format(tmp_path):
     def row(s1, s2, gold, pid):
-        return {"annotator_labels": [gold], "captionID": pid.split("r")[0], "gold_label": gold, "pairID": pid,
-                "sentence1": s1, "sentence1_binary_parse": "( x )", "sentence1_parse": "(ROOT x)",
-                "sentence2": s2, "sentence2_binary_parse": "( y )", "sentence2_parse": "(ROOT y)"}
+        return {
+            "annotator_labels": [gold],
+            "captionID": pid.split("r")[0],
+            "gold_label": gold,
+            "pairID": pid,
+            "sentence1": s1,
+            "sentence1_binary_parse": "( x )",
+            "sentence1_parse": "(ROOT x)",
+            "sentence2": s2,
+            "sentence2_binary_parse": "( y )",
+            "sentence2_parse": "(ROOT y)",
+        }
 
-    rows = [row("A cat sits.", "An animal sits.", "entailment", "111#0r1e"),
-            row("A cat sits.", "A cat sits on a mat.", "neutral", "111#0r1n"),
-            row("A cat sits.", "The cat runs.", "contradiction", "111#0r1c"),
-            row("A cat sits.", "Something sits.", "-", "111#0r1x"),
-            row("Kids play.", "Nobody plays.", "contradiction", "222#1r1c"),
-            row("Kids play.", "Children play.", "-", "222#1r1x")]
+    rows = [
+        row("A cat sits.", "An animal sits.", "entailment", "111#0r1e"),
+        row("A cat sits.", "A cat sits on a mat.", "neutral", "111#0r1n"),
+        row("A cat sits.", "The cat runs.", "contradiction", "111#0r1c"),
+        row("A cat sits.", "Something sits.", "-", "111#0r1x"),
+        row("Kids play.", "Nobody plays.", "contradiction", "222#1r1c"),
+        row("Kids play.", "Children play.", "-", "222#1r1x"),
+    ]
     path = write_jsonl(tmp_path / "snli_1.0_test.jsonl", rows)
     data = load_source(str(path), "test", 0)
     assert data.dropped == 2
     assert [(e["id"], e["label"]) for e in data.examples] == [
-        ("111#0r1e", 0), ("111#0r1n", 1), ("111#0r1c", 2), ("222#1r1c", 2)]
+        ("111#0r1e", 0),
+        ("111#0r1n", 1),
+        ("111#0r1c", 2),
+        ("222#1r1c", 2),
+    ]
     assert data.examples[1]["premise"] == "A cat sits." and data.examples[1]["hypothesis"] == "A cat sits on a mat."
 
 
 def test_stanford_unknown_gold_label(tmp_path):
-    path = write_jsonl(tmp_path / "snli_1.0_dev.jsonl", [
-        {"sentence1": "a", "sentence2": "b", "gold_label": "entailment", "pairID": "1"},
-        {"sentence1": "a", "sentence2": "c", "gold_label": "yes", "pairID": "2"}])
+    path = write_jsonl(
+        tmp_path / "snli_1.0_dev.jsonl",
+        [
+            {"sentence1": "a", "sentence2": "b", "gold_label": "entailment", "pairID": "1"},
+            {"sentence1": "a", "sentence2": "c", "gold_label": "yes", "pairID": "2"},
+        ],
+    )
     with pytest.raises(DataError, match=r"row 2: gold_label 'yes' is not one of"):
         load_source(str(path), "test", 0)
 
@@ -277,8 +299,10 @@ def test_line_not_an_object(tmp_path):
 
 def test_line_not_utf8(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes((json.dumps(HF_ROWS[0]) + "\n").encode() +
-                     '{"premise": "café", "hypothesis": "x", "label": 0}\n'.encode("latin-1"))
+    path.write_bytes(
+        (json.dumps(HF_ROWS[0]) + "\n").encode()
+        + '{"premise": "café", "hypothesis": "x", "label": 0}\n'.encode("latin-1")
+    )
     msg = _error(str(path))
     assert "line 2 is not UTF-8 text" in msg and "re-encode" in msg
 
@@ -304,8 +328,9 @@ def test_bad_hub_source():
 
 
 def _numbered(n: int) -> NLIData:
-    return NLIData([{"id": f"x-{i:04d}", "premise": "p", "hypothesis": f"h{i}", "label": i % 3} for i in range(n)],
-                   "numbered", 7)
+    return NLIData(
+        [{"id": f"x-{i:04d}", "premise": "p", "hypothesis": f"h{i}", "label": i % 3} for i in range(n)], "numbered", 7
+    )
 
 
 def test_subset_seeded_ordered_and_deterministic():

@@ -20,15 +20,31 @@ from test_slurm import wait_done
 
 pytestmark = pytest.mark.slurm
 SMOKE = ROOT / "jobs" / "smoke.yaml"
-COMMON = ["model.dtype=float32", "quantization.compute_dtype=float32", "train.log_every=1",
-          "train.checkpoint_every=0", "resources.cpus_per_task=1", "train.learning_rate=1e-3"]
+COMMON = [
+    "model.dtype=float32",
+    "quantization.compute_dtype=float32",
+    "train.log_every=1",
+    "train.checkpoint_every=0",
+    "resources.cpus_per_task=1",
+    "train.learning_rate=1e-3",
+]
 LOSS_TOLERANCE = 1e-3  # float32 sums in another order (per process, then all-reduced)
 
 
 def submit(run_dir: Path, *overrides: str, wait: bool = True) -> dict:
-    run_cli("hpcnli.submit", "--config", SMOKE, "--partition", "gpu", "--run-dir", run_dir,
-            *(["--wait"] if wait else []), *COMMON, *overrides)
-    return json.loads(RunPaths(run_dir).plan.read_text())["submissions"][-1]["jobs"]
+    run_cli(
+        "hpcnli.submit",
+        "--config",
+        SMOKE,
+        "--partition",
+        "gpu",
+        "--run-dir",
+        run_dir,
+        *(["--wait"] if wait else []),
+        *COMMON,
+        *overrides,
+    )
+    return json.loads(RunPaths(run_dir).ledger.read_text())["submissions"][-1]["jobs"]
 
 
 @pytest.fixture(scope="module")
@@ -53,29 +69,48 @@ def test_two_processes_train_like_one_with_twice_the_batch(one_and_two):
 
     preds = {}
     for name, p in (("one", one), ("two", two)):
-        preds[name] = [r["pred"] for s in range(2) for r in map(json.loads, p.shard_predictions("finetuned", s)
-                                                               .read_text().splitlines())]
+        preds[name] = [
+            r["pred"]
+            for s in range(2)
+            for r in map(json.loads, p.shard_predictions("finetuned", s).read_text().splitlines())
+        ]
     agree = sum(a == b for a, b in zip(preds["one"], preds["two"])) / len(preds["one"])
     assert agree >= 0.99, f"fine-tuned predictions agree on {agree:.1%}"
     report = two.report_md.read_text()
-    assert ("| training processes | 2 on 1 node(s), batch 4 pairs per process, 8.0 pairs per optimizer step, "
-            "gradient checkpointing off |") in report
+    assert (
+        "| training processes | 2 on 1 node(s), batch 4 pairs per process, 8.0 pairs per optimizer step, "
+        "gradient checkpointing off |"
+    ) in report
 
 
 def test_two_nodes_train_like_one_process(one_and_two, tmp_path):
     """2 nodes x 1 process: the local cluster's partition `multi` is two slurmd nodes on this host."""
     one, _ = one_and_two
     nodes = RunPaths(tmp_path / "two-nodes")
-    run_cli("hpcnli.submit", "--config", SMOKE, "--partition", "multi", "--run-dir", nodes.run_dir, "--wait", *COMMON,
-            "train.max_steps=6", "train.batch_size=4", "resources.nodes=2")
+    run_cli(
+        "hpcnli.submit",
+        "--config",
+        SMOKE,
+        "--partition",
+        "multi",
+        "--run-dir",
+        nodes.run_dir,
+        "--wait",
+        *COMMON,
+        "train.max_steps=6",
+        "train.batch_size=4",
+        "resources.nodes=2",
+    )
     m1, m2 = (json.loads(p.train_metrics.read_text()) for p in (one, nodes))
     assert (m2["num_processes"], m2["nodes"], m2["effective_batch_size"]) == (2, 2, 8)
     diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(m1["loss_curve"], m2["loss_curve"])]
     assert len(diffs) == 6 and max(diffs) <= LOSS_TOLERANCE, (m1["loss_curve"], m2["loss_curve"])
-    jobs = json.loads(nodes.plan.read_text())["submissions"][0]["jobs"]
+    jobs = json.loads(nodes.ledger.read_text())["submissions"][0]["jobs"]
     assert wait_done([jobs["finetune"]])[jobs["finetune"]]["state"] == "COMPLETED"
-    assert ("| training processes | 2 on 2 node(s), batch 4 pairs per process, 8.0 pairs per optimizer step, "
-            "gradient checkpointing off |") in nodes.report_md.read_text()
+    assert (
+        "| training processes | 2 on 2 node(s), batch 4 pairs per process, 8.0 pairs per optimizer step, "
+        "gradient checkpointing off |"
+    ) in nodes.report_md.read_text()
 
 
 def rank_pid(job_id: str, rank: int) -> int | None:
@@ -95,8 +130,15 @@ def rank_pid(job_id: str, rank: int) -> int | None:
 def test_a_lost_rank_fails_the_job_and_resume_completes_it(slurm_cluster, tmp_path):
     run_dir = tmp_path / "lost-rank"
     paths = RunPaths(run_dir)
-    jobs = submit(run_dir, "train.max_steps=24", "train.checkpoint_every=3", "train.batch_size=4",
-                  "resources.processes_per_node=2", "resources.max_retries=0", wait=False)
+    jobs = submit(
+        run_dir,
+        "train.max_steps=24",
+        "train.checkpoint_every=3",
+        "train.batch_size=4",
+        "resources.processes_per_node=2",
+        "resources.max_retries=0",
+        wait=False,
+    )
     deadline = time.time() + 600
     while not paths.complete_checkpoints():
         assert time.time() < deadline, "no checkpoint was written"
@@ -116,15 +158,27 @@ def test_a_lost_rank_fails_the_job_and_resume_completes_it(slurm_cluster, tmp_pa
     assert all(paths.shard_predictions(m, s).is_file() for m in MODELS for s in range(2))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["resources.gpus_per_node=4"], "resources.gpus_per_node: 4 GPUs per node, but the nodes of partition 'gpu' have 2"),
-    (["resources.nodes=3"], "resources.nodes: 3 nodes, but partition 'gpu' has "),
-    (["resources.processes_per_node=2", "resources.cpus_per_task=2"],
-     "resources.cpus_per_task: 2 training processes per node x 2 CPUs = 4, but the nodes of partition 'gpu' have 2"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["resources.gpus_per_node=4"],
+            "resources.gpus_per_node: 4 GPUs per node, but the nodes of partition 'gpu' have 2",
+        ),
+        (["resources.nodes=3"], "resources.nodes: 3 nodes, but partition 'gpu' has "),
+        (
+            ["resources.processes_per_node=2", "resources.cpus_per_task=2"],
+            (
+                "resources.cpus_per_task: 2 training processes per node x 2 CPUs = 4, "
+                "but the nodes of partition 'gpu' have 2"
+            ),
+        ),
+    ],
+)
 def test_jobs_the_partition_cannot_hold_are_refused_before_queueing(slurm_cluster, tmp_path, overrides, message):
     run_dir = tmp_path / "refused"
-    proc = run_cli("hpcnli.submit", "--config", SMOKE, "--partition", "gpu", "--run-dir", run_dir, *overrides,
-                   check=False)
+    proc = run_cli(
+        "hpcnli.submit", "--config", SMOKE, "--partition", "gpu", "--run-dir", run_dir, *overrides, check=False
+    )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not run_dir.exists()

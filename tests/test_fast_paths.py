@@ -1,4 +1,5 @@
-"""The fast paths give what the simple paths give, on a small real set (speed itself: bench/eval_speed.py, bench/train_speed.py)."""
+"""The fast paths give what the simple paths give, on a small real set (speed itself: bench/eval_speed.py,
+bench/train_speed.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import ROOT, SNLI
 from bench.eval_speed import per_example_loop
+from conftest import ROOT, SNLI
 from hpcnli.config import load_config
 from hpcnli.data import nli
-from hpcnli.scoring.batching import epoch_batches as _batches
+from hpcnli.data.batching import BatchRule
+from hpcnli.data.batching import epoch_batches as _batches
 from hpcnli.model import loading
 from hpcnli.scoring import engine
-from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
-from hpcnli.scoring.batching import BatchRule
 from hpcnli.scoring.engine import predict
+from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 
 needs_snli = pytest.mark.skipif(not (SNLI / "test.jsonl").is_file(), reason="../shared/snli not present")
 CONFIG = str(ROOT / "jobs" / "snli_cpu.yaml")
@@ -47,8 +48,13 @@ def four_bit_precision(model) -> str:
 
 
 def overrides(dtype: str) -> list[str]:
-    return [f"data.test={SNLI / 'test.jsonl'}", "data.max_test_examples=40", "eval.batch_size=16",
-            f"model.dtype={dtype}", f"quantization.compute_dtype={dtype}"]
+    return [
+        f"data.test={SNLI / 'test.jsonl'}",
+        "data.max_test_examples=40",
+        "eval.batch_size=16",
+        f"model.dtype={dtype}",
+        f"quantization.compute_dtype={dtype}",
+    ]
 
 
 def _scores(rows) -> torch.Tensor:
@@ -147,8 +153,9 @@ def test_narrowed_output_layer_gives_the_label_word_logits():
     tokenizer = loading.load_tokenizer(cfg)
     label_ids = label_token_ids(tokenizer, cfg.task.label_words)
     model = loading.add_lora(loading.load_base_model(cfg), cfg)
-    ids, mask = pad_left(tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples),
-                                  tokenizer.pad_token_id)
+    ids, mask = pad_left(
+        tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples), tokenizer.pad_token_id
+    )
     with torch.no_grad():
         full = engine.answer_logits(model, ids, mask)[:, label_ids]
         loading.narrow_output_layer(model.get_base_model(), label_ids)
@@ -172,15 +179,19 @@ def test_top_layers_adapt_only_the_top_layers_and_backward_stops_there():
     cfg = load_config(None, ["lora.top_layers=3", "lora.target_modules=[q_proj, v_proj]"])
     model = loading.add_lora(loading.load_base_model(cfg), cfg)
     n_layers = model.config.num_hidden_layers
-    adapted = Counter(int(name.split(".layers.")[1].split(".")[0])
-                      for name, p in model.named_parameters() if p.requires_grad)
+    adapted = Counter(
+        int(name.split(".layers.")[1].split(".")[0]) for name, p in model.named_parameters() if p.requires_grad
+    )
     assert set(adapted) == set(range(n_layers - 3, n_layers))
     tokenizer = loading.load_tokenizer(cfg)
-    ids, mask = pad_left(tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples[:4]),
-                                  tokenizer.pad_token_id)
+    ids, mask = pad_left(
+        tokenize_prompts(tokenizer, cfg, nli.load_split(cfg, "train").examples[:4]), tokenizer.pad_token_id
+    )
     seen = []
-    hooks = [layer.register_full_backward_hook(lambda m, gi, go, i=i: seen.append(i))
-             for i, layer in enumerate(model.base_model.model.model.layers)]
+    hooks = [
+        layer.register_full_backward_hook(lambda m, gi, go, i=i: seen.append(i))
+        for i, layer in enumerate(model.base_model.model.model.layers)
+    ]
     engine.answer_logits(model, ids, mask).sum().backward()
     for h in hooks:
         h.remove()

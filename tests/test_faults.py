@@ -2,6 +2,7 @@
 job requeued mid-run, a truncated shard file. Each run must end, after the automatic retry or a
 --resume, with predictions identical to an undisturbed run's and a complete report."""
 
+import contextlib
 import json
 import os
 import signal
@@ -19,8 +20,17 @@ FAULT_CFG = ["train.max_steps=6", "train.checkpoint_every=2", "resources.max_ret
 
 
 def submit(run_dir, *extra):
-    run_cli("hpcnli.submit", "--config", ROOT / "jobs/smoke.yaml", "--partition", "gpu", "--run-dir", run_dir,
-            *extra, *FAULT_CFG)
+    run_cli(
+        "hpcnli.submit",
+        "--config",
+        ROOT / "jobs/smoke.yaml",
+        "--partition",
+        "gpu",
+        "--run-dir",
+        run_dir,
+        *extra,
+        *FAULT_CFG,
+    )
     return json.loads((run_dir / "plan.json").read_text())["submissions"][0]["jobs"]
 
 
@@ -51,8 +61,12 @@ def wait_until(cond, what, timeout=600):
 
 
 def running(job_id) -> bool:
-    return sh("squeue", "--noheader", "--states=RUNNING", "--format=%i", "--jobs", job_id.split("_")[0]).split() \
-        .count(job_id) > 0
+    return (
+        sh("squeue", "--noheader", "--states=RUNNING", "--format=%i", "--jobs", job_id.split("_")[0])
+        .split()
+        .count(job_id)
+        > 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +93,8 @@ def test_cancel_kill_and_requeue_recover(reference, tmp_path):
     pids = [int(line.split()[0]) for line in listing if line.split() and line.split()[0].isdigit()]
     assert pids and os.getpid() not in pids
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     # 3. requeue the training job after its first checkpoint; let it start again at once.
     ckpt = RunPaths(run_dir).checkpoints
     wait_until(lambda: any(ckpt.glob("step_*/COMPLETE")), "the first training checkpoint")

@@ -1,6 +1,6 @@
 """The package's layers, checked from its import statements: no circle, and no import upwards.
 
-    python tests/test_layout.py      # prints every module's layer and what it imports
+python tests/test_layout.py      # prints every module's layer and what it imports
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpcnli"
 # Lowest first. A module may import modules of its own layer or of any layer below, never above.
 LAYERS = [
     ("foundations", ["hpcnli.errors", "hpcnli.io", "hpcnli.logs", "hpcnli.data.*", "hpcnli.cluster.*"]),
-    ("schema", ["hpcnli.config", "hpcnli.run.paths"]),
+    ("schema", ["hpcnli.config", "hpcnli.config.*", "hpcnli.run.paths", "hpcnli.records"]),
     ("model", ["hpcnli.model.*"]),
     ("scoring and reporting", ["hpcnli.scoring.*", "hpcnli.report.*"]),
     ("run state", ["hpcnli.run.*"]),
@@ -37,8 +37,9 @@ def module_names() -> list[str]:
 def layer_of(module: str) -> int:
     """A module named exactly goes in that layer; otherwise in the layer whose `package.*` holds it."""
     matches = [i for i, (_, patterns) in enumerate(LAYERS) if module in patterns]
-    matches = matches or [i for i, (_, patterns) in enumerate(LAYERS) for p in patterns
-                          if p.endswith(".*") and module.startswith(p[:-1])]
+    matches = matches or [
+        i for i, (_, patterns) in enumerate(LAYERS) for p in patterns if p.endswith(".*") and module.startswith(p[:-1])
+    ]
     if len(matches) != 1:
         raise AssertionError(f"{module} is in {len(matches)} layers of tests/test_layout.py; give it exactly one")
     return matches[0]
@@ -70,8 +71,12 @@ def test_every_module_has_one_layer():
 
 
 def test_no_import_reaches_up_a_layer():
-    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
-              for m, deps in graph().items() for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    upward = [
+        f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+        for m, deps in graph().items()
+        for d in sorted(deps)
+        if layer_of(d) > layer_of(m)
+    ]
     assert not upward, "imports from a lower layer up to a higher one:\n" + "\n".join(upward)
 
 
@@ -80,7 +85,7 @@ def test_no_import_circle():
 
     def visit(m: str) -> None:
         if m in path:
-            raise AssertionError("import circle: " + " -> ".join(path[path.index(m):] + [m]))
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(m) :] + [m]))
         if m in done:
             return
         path.append(m)

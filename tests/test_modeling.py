@@ -20,8 +20,14 @@ print(memory.count_parameters(model)["total"], tok.padding_side)
 
 
 def test_packaged_model_converts_into_an_empty_cache(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", CONVERT], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HPCNLI_CACHE": str(tmp_path)}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", CONVERT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HPCNLI_CACHE": str(tmp_path)},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     where, line = proc.stdout.split("\n")[-3:-1]
     assert where == str(tmp_path / "models" / "smollm2-135m-instruct")

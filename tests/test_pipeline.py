@@ -13,9 +13,21 @@ from hpcnli.run.paths import MODELS, RunPaths
 
 def test_output_tree(smoke_run):
     p = smoke_run
-    for f in (p.config, p.test_manifest, p.memory_plan, p.train_metrics, p.report_md, p.report_json,
-              p.adapter / "adapter_config.json", p.adapter / "adapter_model.safetensors", p.plot("accuracy"),
-              p.plot("confusion"), p.plot("loss"), p.plot("shards"), p.run_dir.parent / "report.md"):
+    for f in (
+        p.config,
+        p.test_manifest,
+        p.memory_plan,
+        p.train_metrics,
+        p.report_md,
+        p.report_json,
+        p.adapter / "adapter_config.json",
+        p.adapter / "adapter_model.safetensors",
+        p.plot("accuracy"),
+        p.plot("confusion"),
+        p.plot("loss"),
+        p.plot("shards"),
+        p.run_dir.parent / "report.md",
+    ):
         assert f.is_file(), f
     assert "[`smoke`](smoke/report.md)" in (p.run_dir.parent / "report.md").read_text()  # the output_root's index
     cfg = load_config(p.config)
@@ -34,15 +46,16 @@ def test_shards_cover_test_set_once(smoke_run):
 def test_report_figures(smoke_run):
     rep = json.loads(smoke_run.report_json.read_text())
     assert rep["complete"] and rep["schema_version"] == 1
-    preds = {m: {r["id"]: r for s in range(2) for r in read_jsonl(smoke_run.shard_predictions(m, s))}
-             for m in MODELS}
+    preds = {m: {r["id"]: r for s in range(2) for r in read_jsonl(smoke_run.shard_predictions(m, s))} for m in MODELS}
     for m in MODELS:
         rows = preds[m].values()
         correct = sum(r["pred"] == r["gold"] for r in rows)
         assert rep["models"][m]["correct"] == correct
         assert rep["models"][m]["accuracy"] == pytest.approx(correct / 24)
-    fixed = sum(preds["base"][i]["pred"] != g and preds["finetuned"][i]["pred"] == g
-                for i, g in ((i, r["gold"]) for i, r in preds["base"].items()))
+    fixed = sum(
+        preds["base"][i]["pred"] != g and preds["finetuned"][i]["pred"] == g
+        for i, g in ((i, r["gold"]) for i, r in preds["base"].items())
+    )
     assert rep["comparison"]["fixed"] == fixed
     md = smoke_run.report_md.read_text()
     assert "Synthetic data" in md and f"{100 * rep['models']['base']['accuracy']:.1f}%" in md
@@ -58,8 +71,11 @@ def test_parameter_counts_against_unquantized_model(smoke_run):
     where, _ = loading.resolve_model(cfg.model)
     full = AutoModelForCausalLM.from_pretrained(where, dtype=torch.bfloat16)
     n_full = sum(p.numel() for p in full.parameters())
-    lora = sum(cfg.lora.r * (mod.in_features + mod.out_features) for name, mod in full.named_modules()
-               if name.rsplit(".", 1)[-1] in cfg.lora.target_modules)
+    lora = sum(
+        cfg.lora.r * (mod.in_features + mod.out_features)
+        for name, mod in full.named_modules()
+        if name.rsplit(".", 1)[-1] in cfg.lora.target_modules
+    )
     params = json.loads(smoke_run.train_metrics.read_text())["parameters"]
     assert params["trainable"] == lora
     assert params["total"] == n_full + lora
@@ -85,8 +101,14 @@ def test_results_index_stays_in_output_root(smoke_run, tmp_path):
 
 def test_outputs_follow_the_umask(smoke_run):
     """Files are readable by the group and others as the umask allows (mkstemp alone would make them 0600)."""
-    for f in (smoke_run.report_json, smoke_run.report_md, smoke_run.shard_predictions("base", 0), smoke_run.config,
-              smoke_run.memory_plan, smoke_run.adapter / "adapter_model.safetensors"):
+    for f in (
+        smoke_run.report_json,
+        smoke_run.report_md,
+        smoke_run.shard_predictions("base", 0),
+        smoke_run.config,
+        smoke_run.memory_plan,
+        smoke_run.adapter / "adapter_model.safetensors",
+    ):
         assert f.stat().st_mode & 0o777 == 0o666 & ~TEST_UMASK, f
 
 
@@ -131,8 +153,9 @@ def test_resume_redoes_only_the_missing_shard(smoke_run, tmp_path):
 def test_head_scoring_end_to_end(tmp_path):
     """task.scoring=head: a 3-way head (random before training) read through pipeline("text-classification")."""
     run_dir = tmp_path / "head"
-    run_cli("hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--run-dir", run_dir,
-            "task.scoring=head")
+    run_cli(
+        "hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--run-dir", run_dir, "task.scoring=head"
+    )
     p = RunPaths(run_dir)
     rep = json.loads(p.report_json.read_text())
     assert rep["complete"] and rep["config"]["task"]["scoring"] == "head"

@@ -70,8 +70,10 @@ def test_submitit_pipeline_arrays_and_dependencies(slurm_cluster, tmp_path):
     train, reduce_ = jobs["finetune"], jobs["reduce"]
     base, tuned = jobs["base"]["array_job_id"], jobs["finetuned"]["array_job_id"]
     # Dependencies as Slurm holds them, read before the jobs they wait on have ended.
-    assert dependency(reduce_) in (f"Dependency=afterany:{base}_*(unfulfilled),afterany:{tuned}_*(unfulfilled)",
-                                   f"Dependency=afterany:{base}_*(unfulfilled)&afterany:{tuned}_*(unfulfilled)")
+    assert dependency(reduce_) in (
+        f"Dependency=afterany:{base}_*(unfulfilled),afterany:{tuned}_*(unfulfilled)",
+        f"Dependency=afterany:{base}_*(unfulfilled)&afterany:{tuned}_*(unfulfilled)",
+    )
     dep_tuned = dependency(f"{tuned}_0") if sh("squeue", "--noheader", "--jobs", tuned) else ""
     assert dep_tuned == "" or dep_tuned.startswith(f"Dependency=afterok:{train}")
 
@@ -98,8 +100,15 @@ def test_plain_sbatch_scripts(slurm_cluster, tmp_path):
     sbatch = ["sbatch", "--parsable", f"--chdir={work}", "--export=ALL,HPCNLI_PYTHON=" + sys.executable]
     train = sh(*sbatch, "--cpus-per-task=1", "--mem=3G", ROOT / "slurm/finetune.sh", run_dir, SMOKE)
     base = sh(*sbatch, "--array=0-1", ROOT / "slurm/eval_array.sh", run_dir, "base", SMOKE)
-    tuned = sh(*sbatch, "--array=0-1", f"--dependency=afterok:{train}", ROOT / "slurm/eval_array.sh",
-               run_dir, "finetuned", SMOKE)
+    tuned = sh(
+        *sbatch,
+        "--array=0-1",
+        f"--dependency=afterok:{train}",
+        ROOT / "slurm/eval_array.sh",
+        run_dir,
+        "finetuned",
+        SMOKE,
+    )
     reduce_ = sh(*sbatch, f"--dependency=afterany:{base}:{tuned}", ROOT / "slurm/reduce.sh", run_dir)
     rows = wait_done([train, base, tuned, reduce_])
     assert all(r["state"] == "COMPLETED" for r in rows.values()), rows
@@ -112,8 +121,9 @@ def test_plain_sbatch_scripts(slurm_cluster, tmp_path):
 
 def test_unknown_partition_is_refused_before_anything_runs(slurm_cluster, tmp_path):
     run_dir = tmp_path / "bad-partition"
-    proc = run_cli("hpcnli.submit", "--config", SMOKE, "--partition", "nosuchpartition", "--run-dir", run_dir,
-                   check=False)
+    proc = run_cli(
+        "hpcnli.submit", "--config", SMOKE, "--partition", "nosuchpartition", "--run-dir", run_dir, check=False
+    )
     assert proc.returncode == 2
     assert "resources.partition: Slurm has no partition 'nosuchpartition'" in proc.stderr
     assert not run_dir.exists()

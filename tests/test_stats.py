@@ -51,7 +51,7 @@ def test_mcnemar_exact_hand_checked():
     r = paired_difference(base, tuned)
     assert (r["fixed"], r["broken"]) == (10, 2)
     # two-sided exact binomial: 2 * P(X <= 2), X ~ Bin(12, 1/2)
-    expected = 2 * sum(math.comb(12, k) for k in range(3)) / 2 ** 12
+    expected = 2 * sum(math.comb(12, k) for k in range(3)) / 2**12
     assert expected == pytest.approx(0.0385742, abs=1e-7)
     assert r["mcnemar_exact_p"] == pytest.approx(expected, rel=1e-12)
 
@@ -114,9 +114,7 @@ def test_per_class_absent_class_is_zero_not_error():
 
 def test_confusion_rows_are_gold():
     m = confusion(GOLD, PRED)
-    assert m == [[1, 1, 0],
-                 [0, 2, 0],
-                 [1, 0, 1]]
+    assert m == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert sum(map(sum, m)) == len(GOLD)
     # gold 2 predicted 0 is row 2, column 0 (not the transpose)
     assert m[2][0] == 1 and m[0][2] == 0

@@ -48,13 +48,13 @@ def test_a_deleted_or_corrupt_adapter_is_retrained_not_trusted(smoke_run, tmp_pa
     gone = copy_run(smoke_run, tmp_path / "no-weights")
     (gone.adapter / "adapter_model.safetensors").unlink()
     work = remaining_work(load_config(gone.config), gone)
-    assert work["finetune"] and work["finetuned"] == [0, 1] and work["base"] == []
-    assert work["why"] == [f"fine-tune: no complete adapter and train_metrics.json in {gone.run_dir}"]
+    assert work.finetune and work.shards("finetuned") == [0, 1] and work.shards("base") == []
+    assert work.why == [f"fine-tune: no complete adapter and train_metrics.json in {gone.run_dir}"]
 
     cut = copy_run(smoke_run, tmp_path / "cut-metrics")
     cut.train_metrics.write_text(cut.train_metrics.read_text()[:40])
     work = remaining_work(load_config(cut.config), cut)
-    assert work["finetune"] and "train_metrics.json is unreadable" in work["why"][0]
+    assert work.finetune and "train_metrics.json is unreadable" in work.why[0]
     proc = run_cli("hpcnli.reduce", cut.run_dir, check=False)  # the reducer refuses instead of a report without cost
     one_line_error(proc, 1, "finetuned: fine-tune: train_metrics.json is unreadable")
     assert json.loads(cut.report_json.read_text())["complete"] is False
@@ -66,8 +66,8 @@ def test_an_adapter_trained_on_other_pairs_is_retrained(smoke_run, tmp_path):
     metrics["inputs"]["train_data_hash"] = "0123456789abcdef"  # as if data.train had changed since
     p.train_metrics.write_text(json.dumps(metrics))
     work = remaining_work(load_config(p.config), p)
-    assert work["finetune"] and work["finetuned"] == [0, 1]
-    assert "fine-tune: data.train changed since the adapter was trained (content hash 0123456789abcdef" in work["why"][0]
+    assert work.finetune and work.shards("finetuned") == [0, 1]
+    assert "fine-tune: data.train changed since the adapter was trained (content hash 0123456789abcdef" in work.why[0]
 
 
 def test_shards_of_another_adapter_are_redone(smoke_run, tmp_path):
@@ -75,8 +75,8 @@ def test_shards_of_another_adapter_are_redone(smoke_run, tmp_path):
     metrics = json.loads(p.shard_metrics("finetuned", 1).read_text())
     p.shard_metrics("finetuned", 1).write_text(json.dumps({**metrics, "adapter_sha256": "0123456789abcdef"}))
     work = remaining_work(load_config(p.config), p)
-    assert work["finetune"] is False and work["finetuned"] == [1] and work["base"] == []
-    assert "finetuned shard 1: scored with another adapter (sha256 0123456789abcdef" in work["why"][0]
+    assert work.finetune is False and work.shards("finetuned") == [1] and work.shards("base") == []
+    assert "finetuned shard 1: scored with another adapter (sha256 0123456789abcdef" in work.why[0]
 
 
 def test_a_changed_test_file_is_refused_everywhere(tmp_path):
@@ -103,27 +103,37 @@ def test_commands_answer_broken_run_files_in_one_line(smoke_run, tmp_path):
     one_line_error(run_cli("hpcnli.status", tmp_path, check=False), 2, "is not a run directory (no config.yaml)")
 
     p = copy_run(smoke_run, tmp_path / "corrupt")
-    p.plan.write_text('{"submissions": [')
+    p.ledger.write_text('{"submissions": [')
     one_line_error(run_cli("hpcnli.status", p.run_dir, check=False), 2, "plan.json is corrupt (not valid JSON")
     p.test_manifest.write_text("\x00\x01")
     one_line_error(run_cli("hpcnli.reduce", p.run_dir, check=False), 2, "test_set.json is corrupt (not valid JSON")
     p.config.write_bytes(b"\xff\xfe binary")
-    one_line_error(run_cli("hpcnli.submit", "--resume", p.run_dir, check=False), 2,
-                   "config.yaml: 1 problem(s):\n  - not UTF-8 text")
-    one_line_error(run_cli("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "0", check=False), 2,
-                   "not UTF-8 text")
+    one_line_error(
+        run_cli("hpcnli.submit", "--resume", p.run_dir, check=False),
+        2,
+        "config.yaml: 1 problem(s):\n  - not UTF-8 text",
+    )
+    one_line_error(
+        run_cli("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "0", check=False), 2, "not UTF-8 text"
+    )
 
 
-@pytest.mark.parametrize("fault, message", [
-    (OSError(errno.ENOSPC, "No space left on device", "/runs/r/report.json"),
-     "hpcnli.reduce: cannot write (/runs/r/report.json): the disk is full; files already written are kept"),
-    (OSError(errno.EROFS, "Read-only file system", "/runs/r"), "the file system is read-only"),
-    (OSError(errno.EACCES, "Permission denied", "/runs/r"), "permission denied"),
-    (KeyboardInterrupt(), "hpcnli.reduce: interrupted; files already written are kept"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/runs/r/report.json"),
+            "hpcnli.reduce: cannot write (/runs/r/report.json): the disk is full; files already written are kept",
+        ),
+        (OSError(errno.EROFS, "Read-only file system", "/runs/r"), "the file system is read-only"),
+        (OSError(errno.EACCES, "Permission denied", "/runs/r"), "permission denied"),
+        (KeyboardInterrupt(), "hpcnli.reduce: interrupted; files already written are kept"),
+    ],
+)
 def test_environment_faults_are_one_line(fault, message, capsys):
     """A full disk or read-only directory cannot be made real here (tests run as root, on one disk), so the
     fault is raised where a write would raise it; the command's answer is what is tested."""
+
     def work():
         raise fault
 
@@ -133,6 +143,7 @@ def test_environment_faults_are_one_line(fault, message, capsys):
 
 def test_errors_hpcnli_cannot_name_keep_their_traceback():
     """A bug must not pass for a user's mistake."""
+
     def bad_descriptor():
         raise OSError(errno.EBADF, "Bad file descriptor")
 
@@ -168,9 +179,14 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def start_submit(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpcnli.submit", *map(str, args)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpcnli.submit", *map(str, args)],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
 
 
 def test_stopping_submit_stops_its_stages_and_the_lock_covers_orphans(tmp_path):
@@ -192,8 +208,10 @@ def test_stopping_submit_stops_its_stages_and_the_lock_covers_orphans(tmp_path):
     second.send_signal(signal.SIGTERM)
     out, err = second.communicate(timeout=120)
     assert second.returncode == 130, (out, err)
-    assert f"stopped, and the stage that was running with it; nothing computed is lost: python -m hpcnli.submit " \
-           f"--resume {run_dir}" in err
+    assert (
+        f"stopped, and the stage that was running with it; nothing computed is lost: python -m hpcnli.submit "
+        f"--resume {run_dir}" in err
+    )
     assert not processes_of(run_dir)
 
     # 3. --resume completes the run; the fine-tune finished by the orphan is kept.

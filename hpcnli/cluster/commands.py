@@ -22,8 +22,10 @@ def partition_problem(partition: str) -> str | None:
     """Why Slurm would refuse this partition (sinfo's view), or None; checked before anything is queued."""
     out = _run("sinfo", "--noheader", "--format=%R")
     if out is None:
-        return ("resources.partition: no Slurm here (sinfo not found); use --executor local, "
-                "or start one with slurm/local-cluster.sh up")
+        return (
+            "resources.partition: no Slurm here (sinfo not found); use --executor local, "
+            "or start one with slurm/local-cluster.sh up"
+        )
     if out.returncode != 0:
         return f"resources.partition: Slurm does not answer ({out.stderr.strip()})"
     known = sorted(set(out.stdout.split()))
@@ -39,10 +41,14 @@ def partition_limits(partition: str) -> dict | None:
     if out is None or out.returncode != 0 or not out.stdout.strip():
         return None
     rows = [line.split("|") for line in out.stdout.split()]
-    gpus = [sum(int(g.split(":")[-1].split("(")[0]) for g in gres.split(",") if g.startswith("gpu"))
-            for _, _, gres in rows]
-    return {"nodes": sum(int(n) for n, _, _ in rows), "cpus": min(int(c.rstrip("+")) for _, c, _ in rows),
-            "gpus": min(gpus)}
+    gpus = [
+        sum(int(g.split(":")[-1].split("(")[0]) for g in gres.split(",") if g.startswith("gpu")) for _, _, gres in rows
+    ]
+    return {
+        "nodes": sum(int(n) for n, _, _ in rows),
+        "cpus": min(int(c.rstrip("+")) for _, c, _ in rows),
+        "gpus": min(gpus),
+    }
 
 
 def first_host(nodelist: str) -> str:
@@ -51,9 +57,19 @@ def first_host(nodelist: str) -> str:
     out = _run("scontrol", "show", "hostnames", nodelist)
     first = out.stdout.split()[0] if out is not None and out.returncode == 0 and out.stdout.split() else nodelist
     node = _run("scontrol", "show", "node", first, "--oneliner")
-    addr = [w.split("=", 1)[1] for w in (node.stdout.split() if node and node.returncode == 0 else [])
-            if w.startswith("NodeAddr=")]
+    addr = [
+        w.split("=", 1)[1]
+        for w in (node.stdout.split() if node and node.returncode == 0 else [])
+        if w.startswith("NodeAddr=")
+    ]
     return addr[0] if addr else first
+
+
+def requeue(job_id: str) -> None:
+    """Ask Slurm to end this run of the job and queue it again (`scontrol requeue`); raises if it refuses."""
+    out = _run("scontrol", "requeue", job_id)
+    if out is None or out.returncode != 0:
+        raise RuntimeError(f"scontrol requeue {job_id} failed: {out.stderr.strip() if out else 'no scontrol'}")
 
 
 def live_jobs(job_ids: list[str]) -> list[str]:
@@ -69,7 +85,11 @@ def job_records(job_ids: list[str]) -> dict[str, dict]:
     (start - submit, in seconds; None until the job starts), from sacct; empty where sacct is missing.
     Job steps (.batch, .0) are left out."""
     fields = "JobID,JobName,State,ExitCode,Submit,Start,End"
-    out = _run("sacct", "--noheader", "--parsable2", f"--format={fields}", "--jobs", ",".join(job_ids)) if job_ids else None
+    out = (
+        _run("sacct", "--noheader", "--parsable2", f"--format={fields}", "--jobs", ",".join(job_ids))
+        if job_ids
+        else None
+    )
     if out is None:
         return {}
     rows = {}
@@ -78,9 +98,18 @@ def job_records(job_ids: list[str]) -> dict[str, dict]:
         if "." in job:
             continue
         started = start not in ("Unknown", "None", "")
-        wait = datetime.fromisoformat(start).timestamp() - datetime.fromisoformat(submit).timestamp() if started else None
-        rows[job] = {"name": name, "state": state.split()[0] if state else "?", "exit_code": code,
-                     "submit": submit, "start": start, "end": end, "queue_wait_s": wait}
+        wait = (
+            datetime.fromisoformat(start).timestamp() - datetime.fromisoformat(submit).timestamp() if started else None
+        )
+        rows[job] = {
+            "name": name,
+            "state": state.split()[0] if state else "?",
+            "exit_code": code,
+            "submit": submit,
+            "start": start,
+            "end": end,
+            "queue_wait_s": wait,
+        }
     return rows
 
 

@@ -61,8 +61,9 @@ def _check_jsonl(path: Path) -> None:
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg}); "
-                                    "each line must be one JSON object") from None
+                    raise DataError(
+                        f"{path}: line {lineno} is not valid JSON ({e.msg}); each line must be one JSON object"
+                    ) from None
                 if not isinstance(obj, dict):
                     raise DataError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object")
 
@@ -71,8 +72,9 @@ def _load_file(path: Path):
     import datasets
 
     if not path.is_file():
-        raise DataError(f"{path}: no such file; check data.train / data.test "
-                        "(SNLI for offline runs lies in ../shared/snli)")
+        raise DataError(
+            f"{path}: no such file; check data.train / data.test (SNLI for offline runs lies in ../shared/snli)"
+        )
     fmt = FILE_FORMATS.get(path.suffix)
     if fmt is None:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FILE_FORMATS)}")
@@ -93,8 +95,10 @@ def _rows_from_columns(ds, where: str, id_prefix: str) -> tuple[list[dict], int]
         premise, hypothesis, label = "sentence1", "sentence2", "gold_label"
         stanford = True
     else:
-        raise DataError(f"{where}: columns {sorted(cols)} lack premise/hypothesis/label "
-                        "(Hugging Face format) or sentence1/sentence2/gold_label (Stanford format)")
+        raise DataError(
+            f"{where}: columns {sorted(cols)} lack premise/hypothesis/label "
+            "(Hugging Face format) or sentence1/sentence2/gold_label (Stanford format)"
+        )
     rows, dropped = [], 0
     for i, r in enumerate(ds):
         gold = r[label]
@@ -103,18 +107,24 @@ def _rows_from_columns(ds, where: str, id_prefix: str) -> tuple[list[dict], int]
                 dropped += 1
                 continue
             if gold not in STANFORD_LABELS:
-                raise DataError(f"{where}: row {i + 1}: gold_label {gold!r} is not one of {list(STANFORD_LABELS)} or '-'")
+                raise DataError(
+                    f"{where}: row {i + 1}: gold_label {gold!r} is not one of {list(STANFORD_LABELS)} or '-'"
+                )
             gold = STANFORD_LABELS[gold]
         else:
             if isinstance(gold, bool) or not isinstance(gold, int):
-                raise DataError(f"{where}: row {i + 1}: label {gold!r} must be an integer 0, 1, 2 (or -1 for none); "
-                                "files with label names use the Stanford columns sentence1/sentence2/gold_label")
+                raise DataError(
+                    f"{where}: row {i + 1}: label {gold!r} must be an integer 0, 1, 2 (or -1 for none); "
+                    "files with label names use the Stanford columns sentence1/sentence2/gold_label"
+                )
             if gold == -1:
                 dropped += 1
                 continue
             if gold not in (0, 1, 2):
-                raise DataError(f"{where}: row {i + 1}: label {gold} is out of range; use 0 entailment, "
-                                "1 neutral, 2 contradiction, -1 no gold label")
+                raise DataError(
+                    f"{where}: row {i + 1}: label {gold} is out of range; use 0 entailment, "
+                    "1 neutral, 2 contradiction, -1 no gold label"
+                )
         p, h = r[premise], r[hypothesis]
         if not isinstance(p, str) or not p.strip():
             raise DataError(f"{where}: row {i + 1}: empty or missing premise")
@@ -132,16 +142,20 @@ def load_source(source: str, split: str, synthetic_size: int) -> NLIData:
     if source.startswith("hub:"):
         parts = source.split(":")
         if len(parts) != 3:
-            raise DataError(f"data.{split}: {source!r} must read hub:<dataset id>:<split>, e.g. hub:stanfordnlp/snli:test")
+            raise DataError(
+                f"data.{split}: {source!r} must read hub:<dataset id>:<split>, e.g. hub:stanfordnlp/snli:test"
+            )
         _, repo, hub_split = parts
         import datasets
 
         try:
             ds = datasets.load_dataset(repo, split=hub_split)
         except Exception as e:
-            raise DataError(f"data.{split}: could not load {repo!r} split {hub_split!r} from the Hugging Face Hub "
-                            f"({type(e).__name__}: {str(e)[:200]}). Offline, point data.{split} at a local file "
-                            "such as ../shared/snli/test.jsonl") from None
+            raise DataError(
+                f"data.{split}: could not load {repo!r} split {hub_split!r} from the Hugging Face Hub "
+                f"({type(e).__name__}: {str(e)[:200]}). Offline, point data.{split} at a local file "
+                "such as ../shared/snli/test.jsonl"
+            ) from None
         rows, dropped = _rows_from_columns(ds, source, f"{repo.split('/')[-1]}-{hub_split}")
         return NLIData(rows, source, dropped)
     path = Path(source).expanduser()
@@ -163,12 +177,13 @@ def subset(data: NLIData, max_examples: int, seed: int) -> NLIData:
 def split_holdout(data: NLIData, n: int, seed: int) -> tuple[NLIData, NLIData]:
     """(rest, held out): n seeded random examples set aside, both kept in the source's order."""
     if n >= len(data.examples):
-        raise DataError(f"data.holdout: {n} would leave nothing to train on ({data.source} has "
-                        f"{len(data.examples)} examples with a gold label); make it smaller")
+        raise DataError(
+            f"data.holdout: {n} would leave nothing to train on ({data.source} has "
+            f"{len(data.examples)} examples with a gold label); make it smaller"
+        )
     held = set(random.Random(seed + 2).sample(range(len(data.examples)), n)) if n else set()
     pick = lambda inside: [e for i, e in enumerate(data.examples) if (i in held) == inside]  # noqa: E731
-    return (NLIData(pick(False), data.source, data.dropped),
-            NLIData(pick(True), f"holdout:{n}:{data.source}", 0))
+    return (NLIData(pick(False), data.source, data.dropped), NLIData(pick(True), f"holdout:{n}:{data.source}", 0))
 
 
 def load_split(cfg, split: str) -> NLIData:

@@ -11,19 +11,65 @@ import random
 
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
 
-PEOPLE = ["man", "woman", "boy", "girl", "chef", "doctor", "teacher", "farmer", "student", "musician",
-          "pilot", "nurse", "painter", "soldier", "dancer", "driver"]
+PEOPLE = [
+    "man",
+    "woman",
+    "boy",
+    "girl",
+    "chef",
+    "doctor",
+    "teacher",
+    "farmer",
+    "student",
+    "musician",
+    "pilot",
+    "nurse",
+    "painter",
+    "soldier",
+    "dancer",
+    "driver",
+]
 HYPERNYMS = {  # specific -> general
-    "dog": "animal", "cat": "animal", "horse": "animal", "rose": "flower", "tulip": "flower",
-    "car": "vehicle", "truck": "vehicle", "bicycle": "vehicle", "guitar": "instrument",
-    "violin": "instrument", "apple": "fruit", "banana": "fruit", "hammer": "tool", "shirt": "garment",
+    "dog": "animal",
+    "cat": "animal",
+    "horse": "animal",
+    "rose": "flower",
+    "tulip": "flower",
+    "car": "vehicle",
+    "truck": "vehicle",
+    "bicycle": "vehicle",
+    "guitar": "instrument",
+    "violin": "instrument",
+    "apple": "fruit",
+    "banana": "fruit",
+    "hammer": "tool",
+    "shirt": "garment",
 }
 VERB_OBJECT = [("holding", ""), ("looking at", ""), ("carrying", ""), ("painting", ""), ("washing", "")]
-ACTIONS = ["sleeping", "running", "eating", "singing", "swimming", "reading", "cooking", "dancing",
-           "laughing", "sitting", "climbing", "writing"]
+ACTIONS = [
+    "sleeping",
+    "running",
+    "eating",
+    "singing",
+    "swimming",
+    "reading",
+    "cooking",
+    "dancing",
+    "laughing",
+    "sitting",
+    "climbing",
+    "writing",
+]
 PLACES = ["park", "kitchen", "street", "beach", "garden", "station", "library", "market"]
-DETAILS = ["for a friend", "before breakfast", "in the rain", "with great care", "for the first time",
-           "while smiling", "after work"]
+DETAILS = [
+    "for a friend",
+    "before breakfast",
+    "in the rain",
+    "with great care",
+    "for the first time",
+    "while smiling",
+    "after work",
+]
 NUMBERS = ["two", "three", "four", "five", "six", "seven"]
 GROUPS = ["children", "dogs", "workers", "tourists", "players", "birds"]
 
@@ -98,13 +144,16 @@ MAX_TRAIN_SIZE = 2000  # test avoids the first this-many train pairs, so train m
 def generate(split: str, n: int, seed: int = 0) -> list[dict]:
     """`n` balanced examples; train and test are drawn from different seeds and never share a pair."""
     if split == "train" and n > MAX_TRAIN_SIZE:
-        raise ValueError(f"at most {MAX_TRAIN_SIZE} synthetic train examples (more would overlap the test split); "
-                         "lower data.synthetic_train_size")
+        raise ValueError(
+            f"at most {MAX_TRAIN_SIZE} synthetic train examples (more would overlap the test split); "
+            "lower data.synthetic_train_size"
+        )
     rng = random.Random(f"hpcnli-synthetic-{split}-{seed}")
     avoid = set()
     if split == "test":
         avoid = {(r["premise"], r["hypothesis"]) for r in generate("train", MAX_TRAIN_SIZE, seed)}
-    rows, seen = [], set()
+    rows: list[dict] = []
+    seen = set()
     i = 0
     while len(rows) < n:
         if i > 50 * n + 1000:
@@ -117,6 +166,13 @@ def generate(split: str, n: int, seed: int = 0) -> list[dict]:
         if key in seen or key in avoid:
             continue
         seen.add(key)
-        rows.append({"id": f"synthetic-{split}-{len(rows):05d}", "premise": premise,
-                     "hypothesis": hypothesis, "label": label, "template": template.__name__[1:]})
+        rows.append(
+            {
+                "id": f"synthetic-{split}-{len(rows):05d}",
+                "premise": premise,
+                "hypothesis": hypothesis,
+                "label": label,
+                "template": template.__name__[1:],
+            }
+        )
     return rows

@@ -1,8 +1,9 @@
-"""The local executor: every stage of a run as its own process on this machine, in order.
+"""The local executor: every stage of run.stages' table as its own process on this machine, in order.
 
 The commands are the ones the sbatch scripts run (`python -m hpcnli.finetune <run>`, ...), so a
 local run exercises the same entry points as a cluster run; several training processes
-(resources.processes_per_node) start through torchrun.
+(resources.processes_per_node) start through torchrun. Failed tasks are retried as on Slurm
+(run.state.retry_round), once every stage before reduce has ended.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 import time
 
 from hpcnli.config import RunConfig
-from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.paths import RunPaths
+from hpcnli.run.stages import FINETUNE, STAGES, Stage, Work
+from hpcnli.run.state import retry_round
 
 
 def _run_stage(paths: RunPaths, name: str, args: list[str], keep_fds: tuple[int, ...]) -> bool:
@@ -42,25 +45,29 @@ def _run_stage(paths: RunPaths, name: str, args: list[str], keep_fds: tuple[int,
     return rc == 0
 
 
-def finetune_command(cfg: RunConfig, run: str) -> list[str]:
-    """The fine-tune as one process, or as resources.processes_per_node processes through torchrun."""
+def command(cfg: RunConfig, stage: Stage, run: str, task: int) -> list[str]:
+    """The stage's command; the fine-tune as resources.processes_per_node processes through torchrun."""
+    argv = stage.argv(run, task)
     n = cfg.resources.train_processes_per_node
-    if n == 1:
-        return ["hpcnli.finetune", run]
-    return ["torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "hpcnli.finetune", run]
+    if stage is not FINETUNE or n == 1:
+        return argv
+    return ["torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", *argv]
 
 
-def run_stages(cfg: RunConfig, paths: RunPaths, work: dict, keep_fds: tuple[int, ...] = ()) -> int:
-    """Each stage is its own process, in order; failed eval shards are retried resources.max_retries times."""
+def run_stages(cfg: RunConfig, paths: RunPaths, work: Work, keep_fds: tuple[int, ...] = ()) -> int:
+    """Each stage's tasks as processes, in the table's order; failed tasks are retried resources.max_retries
+    rounds before the gathering stage (reduce) runs."""
     run = str(paths.run_dir)
-    if work["finetune"] and not _run_stage(paths, "finetune", finetune_command(cfg, run), keep_fds):
-        print("fine-tuning failed; the base-model shards still run", flush=True)
-    for model in MODELS:
-        for shard in work[model]:
-            for attempt in range(cfg.resources.max_retries + 1):
-                name = f"eval_{model}_{shard}" + (f"_retry{attempt}" if attempt else "")
-                if _run_stage(paths, name, ["hpcnli.evaluate", run, "--model", model, "--shard", str(shard)], keep_fds):
-                    break
-    ok = _run_stage(paths, "reduce", ["hpcnli.reduce", run], keep_fds)
+    before = [s for s in STAGES if not s.gathers]
+    for attempt in range(cfg.resources.max_retries + 1):
+        for stage in before:
+            for task in work.todo(stage):
+                name = stage.task_name(task) + (f"_retry{attempt}" if attempt else "")
+                if not _run_stage(paths, name, command(cfg, stage, run, task), keep_fds) and stage is FINETUNE:
+                    print("fine-tuning failed; the base-model shards still run", flush=True)
+        work = retry_round(cfg, paths)
+        if not work.before_gathering():
+            break
+    ok = all(_run_stage(paths, s.name, command(cfg, s, run, 0), keep_fds) for s in STAGES if s.gathers)
     print(f"\nreport: {paths.report_md}" if ok else f"\nrun incomplete; see {paths.report_md}", flush=True)
     return 0 if ok else 1

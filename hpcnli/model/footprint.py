@@ -15,8 +15,9 @@ estimate of a stage is then a sum of named parts:
 A token budget then follows from a memory ceiling (`largest_budget`). The estimate is of the memory
 the tensors need, which on a GPU is what torch allocates. On a CPU, glibc's allocator keeps freed
 blocks resident: the resident peak of a fine-tune here was 1.7x its estimate, of single training steps
-1.8-2.0x their tensors, of eval shards 1.3x (CPU_RESIDENT_FACTOR, bench/RESULTS.md); with MALLOC_MMAP_THRESHOLD_=131072 in the environment glibc returns them and
-the resident peak is the estimate, but training ran 2.5x slower, so that is for measuring, not the default.
+1.8-2.0x their tensors, of eval shards 1.3x (CPU_RESIDENT_FACTOR, bench/RESULTS.md); with
+MALLOC_MMAP_THRESHOLD_=131072 in the environment glibc returns them and the resident peak is the estimate,
+but training ran 2.5x slower, so that is for measuring, not the default.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hpcnli.config import MIN_PAIR_TOKENS, PREFIX_CHUNK_BATCHES
 from hpcnli.model.loading import lora_config, stage_dtype
 
 GiB = 2**30
@@ -36,12 +38,12 @@ GiB = 2**30
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 ADAMW_STATE_BYTES = 16  # per trainable float32 parameter: the value, its gradient, two moments
 CPU_RESIDENT_FACTOR = 2.0  # resident peak / tensor memory on a CPU with glibc's default allocator (measured 1.3-2.0)
-PREFIX_CHUNK_BATCHES = 8  # = scoring.engine.PREFIX_CHUNK_BATCHES (checked by a test); the model layer sits below scoring
 
 
 @dataclass(frozen=True)
 class ModelShape:
     """What the estimates need to know about a model, all from its configuration."""
+
     layers: int
     hidden: int
     intermediate: int
@@ -80,8 +82,16 @@ def _fused_attention_on_meta():
 
     def fused(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if q.device.type != "meta":
-            return plain(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                         enable_gqa=enable_gqa)
+            return plain(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
+                enable_gqa=enable_gqa,
+            )
         if k.shape[1] != q.shape[1]:  # grouped-query attention: the kernels see every head's keys
             k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, True, scale=scale)[0]
@@ -121,16 +131,22 @@ def model_shape(cfg, model_config) -> ModelShape:
     model = _meta_model(cfg, model_config, torch.float32 if q4 else stage_dtype(cfg.model.dtype, "train"))
     out = model.get_output_embeddings()
     tied = out is not None and out.weight is model.get_input_embeddings().weight
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out
-               and m is not getattr(model, "score", None)]
+    linears = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) and m is not out and m is not getattr(model, "score", None)
+    ]
     quantizable = sum(m.weight.numel() for m in linears)
     total = sum(p.numel() for p in model.parameters())
     output_layer = 0 if out is None or tied else out.weight.numel() + (out.bias.numel() if out.bias is not None else 0)
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.task.scoring != "head" and cfg.train.loss == "labels":  # finetune narrows the output layer to 3 rows
-        model.set_output_embeddings(torch.nn.Linear(model_config.hidden_size, 3, bias=False, device="meta",
-                                                    dtype=next(model.parameters()).dtype))
+        model.set_output_embeddings(
+            torch.nn.Linear(
+                model_config.hidden_size, 3, bias=False, device="meta", dtype=next(model.parameters()).dtype
+            )
+        )
     n_layers = model_config.num_hidden_layers
     lora = get_peft_model(model, lora_config(cfg, n_layers))
     n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)
@@ -139,11 +155,19 @@ def model_shape(cfg, model_config) -> ModelShape:
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
     kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
     return ModelShape(
-        layers=n_layers, hidden=model_config.hidden_size,
-        intermediate=getattr(model_config, "intermediate_size", 4 * model_config.hidden_size), heads=heads,
-        kv_elements=2 * kv_heads * head_dim, vocab=model_config.vocab_size, quantizable=quantizable,
-        largest_linear=max((m.weight.numel() for m in linears), default=0), other=total - quantizable,
-        output_layer=output_layer, lora=n_lora, saved_per_token=saved)
+        layers=n_layers,
+        hidden=model_config.hidden_size,
+        intermediate=getattr(model_config, "intermediate_size", 4 * model_config.hidden_size),
+        heads=heads,
+        kv_elements=2 * kv_heads * head_dim,
+        vocab=model_config.vocab_size,
+        quantizable=quantizable,
+        largest_linear=max((m.weight.numel() for m in linears), default=0),
+        other=total - quantizable,
+        output_layer=output_layer,
+        lora=n_lora,
+        saved_per_token=saved,
+    )
 
 
 def _bytes(dtype: torch.dtype) -> int:
@@ -163,13 +187,16 @@ def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool) -> dic
     else:
         weights, dequantized = (shape.quantizable + other) * e, 0
     per_layer = shape.saved_per_token / shape.layers
-    if checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
-        act = tokens * (shape.layers * shape.hidden * 4 + per_layer)
-    else:
-        act = tokens * shape.saved_per_token
-    logits = 0 if narrowed else 2 * (tokens // 16 + 1) * shape.vocab * 4  # float32, answer position only
-    return {"weights": weights, "lora_and_optimizer": shape.lora * ADAMW_STATE_BYTES, "activations": act,
-            "backward": 2 * tokens * per_layer + dequantized, "logits": logits}
+    # with checkpointing each layer keeps its input; backward recomputes one layer at a time
+    act = tokens * (shape.layers * shape.hidden * 4 + per_layer) if checkpointing else tokens * shape.saved_per_token
+    logits = 0 if narrowed else 2 * (tokens // MIN_PAIR_TOKENS + 1) * shape.vocab * 4  # float32, answer position only
+    return {
+        "weights": weights,
+        "lora_and_optimizer": shape.lora * ADAMW_STATE_BYTES,
+        "activations": act,
+        "backward": 2 * tokens * per_layer + dequantized,
+        "logits": logits,
+    }
 
 
 def eval_parts(cfg, shape: ModelShape, tokens: int) -> dict[str, float]:
@@ -182,11 +209,17 @@ def eval_parts(cfg, shape: ModelShape, tokens: int) -> dict[str, float]:
     kv_token = shape.layers * shape.kv_elements * e
     # shared prefixes: the premise groups of PREFIX_CHUNK_BATCHES batches held at once, plus the batch's own cache
     held = PREFIX_CHUNK_BATCHES * tokens if cfg.eval.share_prefix else 0
-    layer = tokens * (3 * shape.intermediate + 4 * shape.hidden + shape.kv_elements) * e \
-        + tokens * shape.heads * cfg.task.max_length * 4  # attention weights, where they are materialized
-    rows = tokens // 16 + 1  # a prompt holds at least 16 tokens (run.planning.MIN_PAIR_TOKENS)
-    return {"weights": weights, "kv_cache": (held + tokens) * kv_token, "layer": layer,
-            "logits": 2 * rows * shape.vocab * 4}
+    layer = (
+        tokens * (3 * shape.intermediate + 4 * shape.hidden + shape.kv_elements) * e
+        + tokens * shape.heads * cfg.task.max_length * 4
+    )  # attention weights, where they are materialized
+    rows = tokens // MIN_PAIR_TOKENS + 1  # a prompt holds at least MIN_PAIR_TOKENS tokens
+    return {
+        "weights": weights,
+        "kv_cache": (held + tokens) * kv_token,
+        "layer": layer,
+        "logits": 2 * rows * shape.vocab * 4,
+    }
 
 
 def total(parts: dict[str, float]) -> float:
@@ -206,5 +239,7 @@ def largest_budget(parts_for, ceiling: float, floor: int, cap: int, step: int = 
 
 
 def describe(parts: dict[str, float]) -> str:
-    return ", ".join(f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in parts.items() if v) + \
-        f" = {total(parts) / GiB:.2f} GiB"
+    return (
+        ", ".join(f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in parts.items() if v)
+        + f" = {total(parts) / GiB:.2f} GiB"
+    )

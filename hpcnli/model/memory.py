@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -20,9 +22,10 @@ def count_parameters(model) -> dict:
 def _status_mb(field: str) -> float | None:
     """A memory line of /proc/self/status (VmRSS: resident now, VmHWM: resident peak) in MiB; None off Linux."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
@@ -45,10 +48,8 @@ def _release_freed_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     name = ctypes.util.find_library("c")
-    try:
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc
         ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass  # not glibc
 
 
 def reset_peak_memory() -> None:
@@ -72,7 +73,7 @@ def peak_memory(baseline_rss_mb: float | None = None) -> dict:
     work (what hpcnli.model.footprint estimates on a CPU)."""
     import resource
 
-    out = {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out: dict[str, float | str] = {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     since_reset = _status_mb("VmHWM")
     if since_reset is not None:
         out["peak_rss_since_reset_mb"] = since_reset

@@ -5,13 +5,13 @@ The index is rewritten after every run, but only over a file hpcnli wrote: its f
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from hpcnli.io import atomic_write_text
+from hpcnli.io import RunFileError, atomic_write_text
+from hpcnli.records import Report
 from hpcnli.report.markdown import pct
-from hpcnli.run.paths import results_index
+from hpcnli.run.paths import RunPaths, results_index
 
 log = logging.getLogger(__name__)
 MARK = "<!-- written by hpcnli after every run; edits are lost -->"
@@ -24,28 +24,32 @@ def write_index(results_root: Path) -> None:
         log.warning("not writing the results index: %s exists and was not written by hpcnli", target)
         return
     runs = []
-    for rj in sorted(Path(results_root).glob("*/report.json")):
+    for run_dir in sorted(p for p in Path(results_root).iterdir() if p.is_dir()):
+        paths = RunPaths(run_dir)
         try:
-            rep = json.loads(rj.read_text())
-        except (OSError, json.JSONDecodeError):
+            rep = Report.read(paths.report_json)
+        except (OSError, RunFileError):  # not a run, or its report is unreadable: nothing to index
             continue
-        runs.append((rj.stat().st_mtime, rj.parent.name, rep))
-    runs.sort(reverse=True)
+        runs.append((paths.report_json.stat().st_mtime, paths.name, rep))
+    runs.sort(reverse=True, key=lambda r: (r[0], r[1]))
     out = [MARK, "# hpcnli results", ""]
-    complete = [r for r in runs if r[2].get("complete")]
+    complete = [r for r in runs if r[2].complete]
     if complete:
         _, name, rep = complete[0]
-        m = rep["models"]
-        out += [f"Latest complete run: [`{name}`]({name}/report.md) on `{rep['test_set']['source']}`: base "
-                f"{pct(m['base']['accuracy'])} → fine-tuned {pct(m['finetuned']['accuracy'])} "
-                f"({rep['test_set']['examples']:,} examples).", ""]
+        m = rep.models
+        out += [
+            f"Latest complete run: [`{name}`]({name}/report.md) on `{rep.test_set['source']}`: base "
+            f"{pct(m['base']['accuracy'])} → fine-tuned {pct(m['finetuned']['accuracy'])} "
+            f"({rep.test_set['examples']:,} examples).",
+            "",
+        ]
     out += ["| run | test set | examples | base | fine-tuned | status |", "|---|---|---|---|---|---|"]
     for _, name, rep in runs:
-        ts = rep.get("test_set", {})
-        if rep.get("complete"):
-            m = rep["models"]
+        ts = rep.test_set
+        if rep.complete:
+            m = rep.models
             row = f"{pct(m['base']['accuracy'])} | {pct(m['finetuned']['accuracy'])} | complete"
         else:
-            row = f"n/a | n/a | incomplete ({rep.get('missing_examples', '?')} missing)"
+            row = f"n/a | n/a | incomplete ({rep.missing_examples} missing)"
         out.append(f"| [`{name}`]({name}/report.md) | `{ts.get('source', '?')}` | {ts.get('examples', '?')} | {row} |")
     atomic_write_text(target, "\n".join(out) + "\n")

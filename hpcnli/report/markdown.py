@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from hpcnli.io import atomic_write_text
+from hpcnli.records import Report, TrainMetrics
 from hpcnli.report.plots import write_plots
 from hpcnli.run.paths import MODELS, RunPaths
 
@@ -21,11 +22,12 @@ def _mb(memory: dict, estimate: dict | None = None) -> str:
     """Measured peaks, and the memory plan's estimate beside them (GPU: allocated; CPU: the work's resident peak)."""
     planned = f"; planned {estimate['total_bytes'] / 2**20:,.0f} MB" if estimate else ""
     if "gpu_peak_allocated_mb" in memory:
-        return (f"GPU allocated {memory['gpu_peak_allocated_mb']:,.0f} MB, reserved "
-                f"{memory['gpu_peak_reserved_mb']:,.0f} MB{planned}")
+        return (
+            f"GPU allocated {memory['gpu_peak_allocated_mb']:,.0f} MB, reserved "
+            f"{memory['gpu_peak_reserved_mb']:,.0f} MB{planned}"
+        )
     if "process_peak_rss_mb" in memory:
-        work = (f", the model and its work {memory['work_peak_rss_mb']:,.0f} MB" if "work_peak_rss_mb" in memory
-                else "")
+        work = f", the model and its work {memory['work_peak_rss_mb']:,.0f} MB" if "work_peak_rss_mb" in memory else ""
         return f"process peak RSS {memory['process_peak_rss_mb']:,.0f} MB{work} (no GPU){planned}"
     return "n/a"
 
@@ -34,57 +36,91 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_incomplete(rep: dict) -> str:
-    lines = [f"# hpcnli run `{rep['run']}`: INCOMPLETE", "",
-             f"**{len(rep['problems'])} problem(s): shards missing or invalid, or inputs changed; {rep['missing_examples']} example "
-             "predictions missing.** No accuracy is reported until every test example has exactly one "
-             "prediction per model.", "", "| model | shard | examples | problem |", "|---|---|---|---|"]
-    lines += [f"| {p['model']} | {'—' if p['shard'] is None else p['shard']} | {p['examples']} | {_cell(p['problem'])} |"
-              for p in rep["problems"]]
-    lines += ["", f"Complete it with `python -m hpcnli.submit --resume results/{rep['run']}`.", ""]
+def render_incomplete(rep: Report, run_dir) -> str:
+    lines = [
+        f"# hpcnli run `{rep.run}`: INCOMPLETE",
+        "",
+        f"**{len(rep.problems)} problem(s): shards missing or invalid, or inputs changed; "
+        f"{rep.missing_examples} example "
+        "predictions missing.** No accuracy is reported until every test example has exactly one "
+        "prediction per model.",
+        "",
+        "| model | shard | examples | problem |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p['model']} | {'—' if p['shard'] is None else p['shard']} | {p['examples']} | {_cell(p['problem'])} |"
+        for p in rep.problems
+    ]
+    lines += ["", f"Complete it with `python -m hpcnli.submit --resume {run_dir}`.", ""]
     return "\n".join(lines)
 
 
-def _headline(rep: dict, plots: list[tuple[str, str]]) -> list[str]:
-    cfg, ts, models, cmp_ = rep["config"], rep["test_set"], rep["models"], rep["comparison"]
-    base = ("4-bit " + cfg["quantization"]["quant_type"].upper() if cfg["quantization"]["load_in_4bit"]
-            else cfg["model"]["dtype"])
-    out = [f"# hpcnli run `{rep['run']}`", ""]
+def _headline(rep: Report, plots: list[tuple[str, str]]) -> list[str]:
+    cfg, ts, models, cmp_ = rep.config, rep.test_set, rep.models, rep.comparison
+    base = (
+        "4-bit " + cfg["quantization"]["quant_type"].upper()
+        if cfg["quantization"]["load_in_4bit"]
+        else cfg["model"]["dtype"]
+    )
+    out = [f"# hpcnli run `{rep.run}`", ""]
     if "synthetic" in ts["source"]:
         out += ["> **Synthetic data.** This run uses the project's generated NLI set (templates), not SNLI.", ""]
-    out += [f"Model `{cfg['model']['name_or_path']}`, {base} base + LoRA r={cfg['lora']['r']}; "
-            f"test set `{ts['source']}`, {ts['examples']:,} examples ({ts['dropped']} without gold label dropped).", "",
-            "## Did fine-tuning help?", "",
-            "| model | accuracy | 95% CI | correct / examples |", "|---|---|---|---|"]
+    out += [
+        f"Model `{cfg['model']['name_or_path']}`, {base} base + LoRA r={cfg['lora']['r']}; "
+        f"test set `{ts['source']}`, {ts['examples']:,} examples ({ts['dropped']} without gold label dropped).",
+        "",
+        "## Did fine-tuning help?",
+        "",
+        "| model | accuracy | 95% CI | correct / examples |",
+        "|---|---|---|---|",
+    ]
     for m in MODELS:
         r = models[m]
-        out.append(f"| {m} | **{pct(r['accuracy'])}** | {pct(r['accuracy_ci95'][0])} – {pct(r['accuracy_ci95'][1])} "
-                   f"| {r['correct']:,} / {r['examples']:,} |")
-    out += ["", f"Difference (fine-tuned − base): **{100 * cmp_['difference']:+.1f} points** "
-            f"(95% CI {100 * cmp_['ci95'][0]:+.1f} to {100 * cmp_['ci95'][1]:+.1f}); fine-tuning fixed "
-            f"{cmp_['fixed']:,} examples and broke {cmp_['broken']:,}; McNemar exact p = {cmp_['mcnemar_exact_p']:.3g}.", ""]
+        out.append(
+            f"| {m} | **{pct(r['accuracy'])}** | {pct(r['accuracy_ci95'][0])} – {pct(r['accuracy_ci95'][1])} "
+            f"| {r['correct']:,} / {r['examples']:,} |"
+        )
+    out += [
+        "",
+        f"Difference (fine-tuned − base): **{100 * cmp_['difference']:+.1f} points** "
+        f"(95% CI {100 * cmp_['ci95'][0]:+.1f} to {100 * cmp_['ci95'][1]:+.1f}); fine-tuning fixed "
+        f"{cmp_['fixed']:,} examples and broke {cmp_['broken']:,}; McNemar exact p = {cmp_['mcnemar_exact_p']:.3g}.",
+        "",
+    ]
     return out + [f"![{t}]({f})" for t, f in plots]
 
 
-def _per_class(rep: dict) -> list[str]:
-    models = rep["models"]
+def _per_class(rep: Report) -> list[str]:
+    models = rep.models
     out = ["", "## Per class", "", "| model | class | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
     for m in MODELS:
         for name, c in models[m]["per_class"].items():
             out.append(f"| {m} | {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    return out + ["", "Predicted label counts (entailment / neutral / contradiction): " +
-                  "; ".join(f"{m} {'/'.join(str(k) for k in models[m]['predicted_label_counts'])}" for m in MODELS), ""]
+    return out + [
+        "",
+        "Predicted label counts (entailment / neutral / contradiction): "
+        + "; ".join(f"{m} {'/'.join(str(k) for k in models[m]['predicted_label_counts'])}" for m in MODELS),
+        "",
+    ]
 
 
-def _changed_examples(rep: dict) -> list[str]:
-    out, cmp_ = [], rep["comparison"]
-    for title, key in (("Examples fine-tuning fixed", "fixed_examples"), ("Examples fine-tuning broke", "broken_examples")):
+def _changed_examples(rep: Report) -> list[str]:
+    out, cmp_ = [], rep.comparison
+    for title, key in (
+        ("Examples fine-tuning fixed", "fixed_examples"),
+        ("Examples fine-tuning broke", "broken_examples"),
+    ):
         n = cmp_["fixed"] if key == "fixed_examples" else cmp_["broken"]
-        out += [f"## {title} ({n:,}; up to {len(rep[key])} shown, chosen by id hash)", ""]
-        if rep[key]:
+        shown = getattr(rep, key)
+        out += [f"## {title} ({n:,}; up to {len(shown)} shown, chosen by id hash)", ""]
+        if shown:
             out += ["| id | premise | hypothesis | gold | base | fine-tuned |", "|---|---|---|---|---|---|"]
-            out += [f"| {_cell(e['id'])} | {_cell(e['premise'])} | {_cell(e['hypothesis'])} | {e['gold']} | {e['base']} | {e['finetuned']} |"
-                    for e in rep[key]]
+            out += [
+                f"| {_cell(e['id'])} | {_cell(e['premise'])} | {_cell(e['hypothesis'])} | "
+                f"{e['gold']} | {e['base']} | {e['finetuned']} |"
+                for e in shown
+            ]
         out.append("")
     return out
 
@@ -94,82 +130,121 @@ def _eval_batch(ev: dict) -> str:
     return f"{ev['batch_size']} pairs" if tokens is None else f"<= {tokens} tokens"
 
 
-def _train_batch(train: dict, cfg: dict) -> str:
-    if "batch" in train:
-        return train["batch"]
-    return f"{train.get('per_process_batch_size', cfg['train']['batch_size'])} pairs"  # runs before token budgets
+def _train_batch(train: TrainMetrics, cfg: dict) -> str:
+    if train.batch is not None:
+        return train.batch
+    return f"{cfg['train']['batch_size']} pairs"  # version 1: runs before token budgets
 
 
 def _on_off(flag) -> str:
     return "n/a" if flag is None else ("on" if flag else "off")
 
 
-def _cost(rep: dict) -> list[str]:
-    train, models, cfg = rep.get("training") or {}, rep["models"], rep["config"]
-    params = train.get("parameters", {})
-    out = ["## Cost", "", "| what | value |", "|---|---|",
-           f"| training examples | {train.get('train_examples', 'n/a'):,} from `{train.get('train_source', 'n/a')}` |" if train else "| training | n/a |"]
-    if train:
-        out += [f"| training runtime | {train['runtime_s']:,.1f} s ({train['steps']} steps, {train['examples_seen']:,} examples seen, "
-                f"{train['examples_per_s']:.2f} examples/s, {train['tokens_per_s']:,.0f} tokens/s) |",
-                f"| training processes | {train.get('num_processes', 1)} on {train.get('nodes', 1)} node(s), batch "
-                f"{_train_batch(train, cfg)} per process, {_num(train.get('effective_batch_size'), ',.1f')} pairs per "
-                f"optimizer step, gradient checkpointing {_on_off(train.get('gradient_checkpointing'))} |",
-                f"| training loss | final {_num(train['final_loss'], '.4f')}, best {_num(train['best_loss'], '.4f')} |",
-                f"| training peak memory | {_mb(train['memory'], train.get('memory_estimate'))} |",
-                f"| parameters | {params['total']:,} total (4-bit weights counted unpacked), {params['trainable']:,} trainable LoRA "
-                f"({100 * params['trainable_share']:.2f}%) |",
-                f"| adapter size on disk | {train.get('adapter_bytes', 0) / 2**20:.1f} MiB |"]
+def _cost(rep: Report) -> list[str]:
+    train, models, cfg = rep.training, rep.models, rep.config
+    out = ["## Cost", "", "| what | value |", "|---|---|"]
+    if train is None:
+        out.append("| training | n/a |")
+    else:
+        params = train.parameters
+        out += [
+            f"| training examples | {train.train_examples:,} from `{train.train_source}` |",
+            f"| training runtime | {train.runtime_s:,.1f} s ({train.steps} steps, "
+            f"{train.examples_seen:,} examples seen, "
+            f"{train.examples_per_s:.2f} examples/s, {train.tokens_per_s:,.0f} tokens/s) |",
+            f"| training processes | {train.num_processes} on "
+            f"{1 if train.nodes is None else train.nodes} node(s), batch "
+            f"{_train_batch(train, cfg)} per process, {_num(train.effective_batch_size, ',.1f')} pairs per "
+            f"optimizer step, gradient checkpointing {_on_off(train.gradient_checkpointing)} |",
+            f"| training loss | final {_num(train.final_loss, '.4f')}, best {_num(train.best_loss, '.4f')} |",
+            f"| training peak memory | {_mb(train.memory, train.memory_estimate)} |",
+            f"| parameters | {params['total']:,} total (4-bit weights counted unpacked), "
+            f"{params['trainable']:,} trainable LoRA "
+            f"({100 * params['trainable_share']:.2f}%) |",
+            f"| adapter size on disk | {train.adapter_bytes / 2**20:.1f} MiB |",
+        ]
     for m in MODELS:
-        r = models[m]
-        out.append(f"| {m} eval | {r['eval_runtime_summed_s']:,.1f} s predicting + {r['eval_model_load_summed_s']:,.1f} s "
-                   f"model loading summed over {len(rep['shards'][m])} shards ({r['eval_wall_span_s']:,.1f} s wall-clock "
-                   f"from first start to last end), {_num(r['eval_examples_per_s'])} examples/s per shard-second; "
-                   f"{_mb(r['peak_memory'], (rep['shards'][m] or [{}])[0].get('memory_estimate'))} |")
+        r, shards = models[m], rep.shards[m]
+        out.append(
+            f"| {m} eval | {r['eval_runtime_summed_s']:,.1f} s predicting + {r['eval_model_load_summed_s']:,.1f} s "
+            f"model loading summed over {len(shards)} shards ({r['eval_wall_span_s']:,.1f} s wall-clock "
+            f"from first start to last end), {_num(r['eval_examples_per_s'])} examples/s per shard-second; "
+            f"{_mb(r['peak_memory'], shards[0].memory_estimate if shards else None)} |"
+        )
     return out
 
 
-def _jobs(rep: dict) -> list[str]:
-    out = ["", "### Shards", "", "| model | shard | examples | predict s | load s | examples/s | peak memory | node |",
-           "|---|---|---|---|---|---|---|---|"]
+def _jobs(rep: Report) -> list[str]:
+    out = [
+        "",
+        "### Shards",
+        "",
+        "| model | shard | examples | predict s | load s | examples/s | peak memory | node |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in MODELS:
-        for s in rep["shards"][m]:
-            out.append(f"| {m} | {s['shard']} | {s['examples']} | {s['runtime_s']:.1f} | {s['model_load_s']:.1f} | "
-                       f"{_num(s['examples_per_s'])} | {_mb(s['memory'], s.get('memory_estimate'))} | {s['job'].get('node', 'n/a')} |")
-    jobs = rep.get("slurm_jobs") or {}
+        for s in rep.shards[m]:
+            out.append(
+                f"| {m} | {s.shard} | {s.examples} | {s.runtime_s:.1f} | {s.model_load_s:.1f} | "
+                f"{_num(s.examples_per_s)} | {_mb(s.memory, s.memory_estimate)} | {s.job.get('node', 'n/a')} |"
+            )
+    jobs = rep.slurm_jobs or {}
     if jobs:
-        out += ["", "### Slurm jobs (sacct)", "", "| job | name | state | queue wait s | start | end |",
-                "|---|---|---|---|---|---|"]
-        out += [f"| {j} | {v['name']} | {v['state']} | {v['queue_wait_s']:,.0f} | {v['start']} | {v['end']} |"
-                for j, v in jobs.items()]
+        out += [
+            "",
+            "### Slurm jobs (sacct)",
+            "",
+            "| job | name | state | queue wait s | start | end |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {j} | {v['name']} | {v['state']} | {v['queue_wait_s']:,.0f} | {v['start']} | {v['end']} |"
+            for j, v in jobs.items()
+        ]
     return out
 
 
-def _provenance(rep: dict) -> list[str]:
-    cfg, ts, train = rep["config"], rep["test_set"], rep.get("training") or {}
-    out = ["", "## Provenance", "", f"- config hash `{rep['config_hash']}`; test-set ids hash `{ts['ids_hash']}`",
-           f"- device: {train.get('device', 'n/a')}; scoring `{cfg['task']['scoring']}`, label words "
-           f"{cfg['task']['label_words']}, left padding, eval batch {_eval_batch(cfg['eval'])}",
-           f"- prompt: `{_cell(cfg['task']['prompt'])}`",
-           f"- eval weights: `{cfg['eval']['weights']}` (dequantized = 4-bit base dequantized to the evaluation dtype, "
-           "adapter merged); seeds: train " + str(cfg['train']['seed']) + ", subsets " + str(cfg['data']['subset_seed']),
-           f"- compute dtype (model.dtype `{cfg['model']['dtype']}`): training {train.get('dtype', 'n/a')}, evaluation "
-           + ", ".join(sorted({s.get("dtype", "n/a") for m in MODELS for s in rep["shards"][m]}))]
-    prov = rep.get("provenance") or {}
+def _provenance(rep: Report) -> list[str]:
+    cfg, ts, train = rep.config, rep.test_set, rep.training
+    out = [
+        "",
+        "## Provenance",
+        "",
+        f"- config hash `{rep.config_hash}`; test-set ids hash `{ts['ids_hash']}`",
+        f"- device: {train.device if train else 'n/a'}; scoring `{cfg['task']['scoring']}`, label words "
+        f"{cfg['task']['label_words']}, left padding, eval batch {_eval_batch(cfg['eval'])}",
+        f"- prompt: `{_cell(cfg['task']['prompt'])}`",
+        f"- eval weights: `{cfg['eval']['weights']}` (dequantized = 4-bit base dequantized to the evaluation dtype, "
+        "adapter merged); seeds: train " + str(cfg["train"]["seed"]) + ", subsets " + str(cfg["data"]["subset_seed"]),
+        f"- compute dtype (model.dtype `{cfg['model']['dtype']}`): training "
+        f"{train.dtype if train and train.dtype else 'n/a'}, evaluation "
+        + ", ".join(sorted({s.dtype for m in MODELS for s in rep.shards[m]})),
+    ]
+    prov = rep.provenance or {}
     if prov:
-        out.append(f"- code: git `{prov.get('git_commit')}`{' (uncommitted changes)' if prov.get('git_dirty') else ''}; "
-                   f"python {prov.get('python')}; " + ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()))
-    return out + ["", "<details><summary>Resolved config</summary>", "", "```json", json.dumps(cfg, indent=2), "```",
-                  "</details>", ""]
+        out.append(
+            f"- code: git `{prov.get('git_commit')}`{' (uncommitted changes)' if prov.get('git_dirty') else ''}; "
+            f"python {prov.get('python')}; " + ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items())
+        )
+    return out + [
+        "",
+        "<details><summary>Resolved config</summary>",
+        "",
+        "```json",
+        json.dumps(cfg, indent=2),
+        "```",
+        "</details>",
+        "",
+    ]
 
 
-def render(rep: dict, plots: list[tuple[str, str]]) -> str:
-    if not rep["complete"]:
-        return render_incomplete(rep)
+def render(rep: Report, plots: list[tuple[str, str]], run_dir) -> str:
+    if not rep.complete:
+        return render_incomplete(rep, run_dir)
     sections = (_per_class(rep), _changed_examples(rep), _cost(rep), _jobs(rep), _provenance(rep))
     return "\n".join(_headline(rep, plots) + [line for section in sections for line in section])
 
 
-def write_markdown(paths: RunPaths, rep: dict) -> None:
-    plots = write_plots(paths, rep) if rep["complete"] else []
-    atomic_write_text(paths.report_md, render(rep, plots))
+def write_markdown(paths: RunPaths, rep: Report) -> None:
+    plots = write_plots(paths, rep) if rep.complete else []
+    atomic_write_text(paths.report_md, render(rep, plots, paths.run_dir))

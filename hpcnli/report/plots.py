@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from hpcnli.data.nli import LABELS
+from hpcnli.records import Report
 from hpcnli.run.paths import MODELS, RunPaths
 
 
@@ -16,12 +17,14 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy(plt, rep: dict, path) -> str:
-    models = rep["models"]
+def plot_accuracy(plt, rep: Report, path) -> str:
+    models = rep.models
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     acc = [models[m]["accuracy"] for m in MODELS]
-    err = [[a - models[m]["accuracy_ci95"][0] for a, m in zip(acc, MODELS)],
-           [models[m]["accuracy_ci95"][1] - a for a, m in zip(acc, MODELS)]]
+    err = [
+        [a - models[m]["accuracy_ci95"][0] for a, m in zip(acc, MODELS)],
+        [models[m]["accuracy_ci95"][1] - a for a, m in zip(acc, MODELS)],
+    ]
     ax.bar(MODELS, acc, yerr=err, capsize=6, color=["#999999", "#3b7dd8"])
     ax.axhline(1 / 3, ls="--", c="k", lw=0.8, label="chance")
     ax.set_ylim(0, 1)
@@ -31,10 +34,10 @@ def plot_accuracy(plt, rep: dict, path) -> str:
     return "Accuracy with 95% confidence intervals"
 
 
-def plot_confusion(plt, rep: dict, path) -> str:
+def plot_confusion(plt, rep: Report, path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
     for ax, m in zip(axes, MODELS):
-        cm = rep["models"][m]["confusion"]
+        cm = rep.models[m]["confusion"]
         ax.imshow(cm, cmap="Blues")
         for i in range(3):
             for j in range(3):
@@ -49,8 +52,8 @@ def plot_confusion(plt, rep: dict, path) -> str:
     return "Confusion matrices (rows gold, columns predicted)"
 
 
-def plot_loss(plt, rep: dict, path) -> str | None:
-    curve = (rep.get("training") or {}).get("loss_curve") or []
+def plot_loss(plt, rep: Report, path) -> str | None:
+    curve = rep.training.loss_curve if rep.training else []
     if not curve:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -61,17 +64,17 @@ def plot_loss(plt, rep: dict, path) -> str | None:
     return "Training loss"
 
 
-def plot_shards(plt, rep: dict, path) -> str | None:
-    shards = [s for m in MODELS for s in rep["shards"][m]]
+def plot_shards(plt, rep: Report, path) -> str | None:
+    shards = [s for m in MODELS for s in rep.shards[m]]
     if not shards:
         return None
-    t0 = min(datetime.fromisoformat(s["started_at"]).timestamp() for s in shards)
+    t0 = min(datetime.fromisoformat(s.started_at).timestamp() for s in shards)
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.35 * len(shards)))
     for k, s in enumerate(shards):
-        start = datetime.fromisoformat(s["started_at"]).timestamp() - t0
-        end = datetime.fromisoformat(s["finished_at"]).timestamp() - t0
-        ax.barh(k, end - start, left=start, color="#3b7dd8" if s["model"] == "finetuned" else "#999999")
-    ax.set_yticks(range(len(shards)), [f"{s['model']} {s['shard']}" for s in shards])
+        start = datetime.fromisoformat(s.started_at).timestamp() - t0
+        end = datetime.fromisoformat(s.finished_at).timestamp() - t0
+        ax.barh(k, end - start, left=start, color="#3b7dd8" if s.model == "finetuned" else "#999999")
+    ax.set_yticks(range(len(shards)), [f"{s.model} {s.shard}" for s in shards])
     ax.set_xlabel("seconds since the first shard started")
     _save(fig, path)
     return "Shard timeline"
@@ -80,7 +83,7 @@ def plot_shards(plt, rep: dict, path) -> str | None:
 PLOTS = {"accuracy": plot_accuracy, "confusion": plot_confusion, "loss": plot_loss, "shards": plot_shards}
 
 
-def write_plots(paths: RunPaths, rep: dict) -> list[tuple[str, str]]:
+def write_plots(paths: RunPaths, rep: Report) -> list[tuple[str, str]]:
     """PNG plots next to the report; returns (title, file name) of each plot drawn."""
     import matplotlib
 

@@ -29,15 +29,21 @@ def paired_difference(base_correct: list[bool], tuned_correct: list[bool]) -> di
     diff = (fixed - broken) / n
     se = math.sqrt(max(fixed + broken - (fixed - broken) ** 2 / n, 0.0)) / n
     p = float(stats.binomtest(fixed, fixed + broken, 0.5).pvalue) if fixed + broken else 1.0
-    return {"difference": diff, "ci95": [diff - Z95 * se, diff + Z95 * se], "fixed": fixed, "broken": broken,
-            "mcnemar_exact_p": p}
+    return {
+        "difference": diff,
+        "ci95": [diff - Z95 * se, diff + Z95 * se],
+        "fixed": fixed,
+        "broken": broken,
+        "mcnemar_exact_p": p,
+    }
 
 
 def per_class(gold: list[int], pred: list[int], labels: tuple[str, ...]) -> dict:
-    p, r, f, support = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))),
-                                                       zero_division=0)
-    return {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
-            for i, name in enumerate(labels)}
+    p, r, f, support = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))), zero_division=0)
+    return {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+        for i, name in enumerate(labels)
+    }
 
 
 def confusion(gold: list[int], pred: list[int], n_labels: int = 3) -> list[list[int]]:

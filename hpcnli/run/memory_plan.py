@@ -15,12 +15,20 @@ import logging
 import math
 
 from hpcnli.config import RunConfig
+from hpcnli.data.batching import BatchRule, batch_tokens, global_batches
 from hpcnli.errors import UserFacingError
 from hpcnli.io import read_json
-from hpcnli.model.footprint import (CPU_RESIDENT_FACTOR, GiB, describe, eval_parts, largest_budget, model_shape,
-                                    total, train_parts)
+from hpcnli.model.footprint import (
+    CPU_RESIDENT_FACTOR,
+    GiB,
+    describe,
+    eval_parts,
+    largest_budget,
+    model_shape,
+    total,
+    train_parts,
+)
 from hpcnli.model.loading import model_config
-from hpcnli.scoring.batching import BatchRule, batch_tokens, global_batches
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +56,16 @@ def _resolve_train(cfg: RunConfig, shape, limit: float, worst: int) -> RunConfig
     ckpt_options = (False, True) if t.gradient_checkpointing == "auto" else (bool(t.gradient_checkpointing),)
     for ckpt in ckpt_options:
         if t.batch_tokens == "auto":
-            budget = largest_budget(lambda n: train_parts(cfg, shape, n, ckpt), limit, cfg.task.max_length,
-                                    AUTO_TOKENS_CAP["finetune"])
+            budget = largest_budget(
+                lambda n, ckpt=ckpt: train_parts(cfg, shape, n, ckpt),
+                limit,
+                cfg.task.max_length,
+                AUTO_TOKENS_CAP["finetune"],
+            )
             if budget is not None:
-                return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_tokens=budget,
-                                                                          gradient_checkpointing=ckpt))
+                return dataclasses.replace(
+                    cfg, train=dataclasses.replace(t, batch_tokens=budget, gradient_checkpointing=ckpt)
+                )
         elif total(train_parts(cfg, shape, train_tokens(cfg, worst), ckpt)) <= limit or ckpt == ckpt_options[-1]:
             return dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_checkpointing=ckpt))
     return cfg  # nothing fits; check() says so
@@ -74,9 +87,13 @@ def worst_train_batch(cfg: RunConfig, lengths: list[int] | None) -> int:
     rule = BatchRule(rows=t.batch_size * procs, ways=procs)
     first = global_batches(lengths, rule, t.seed, 0, t.group_by_length)
     epochs = t.epochs if t.max_steps <= 0 else math.ceil(t.max_steps * t.grad_accum / max(1, len(first))) + 1
-    return max(batch_tokens(b[r::procs], lengths) for e in range(epochs)
-               for b in (first if e == 0 else global_batches(lengths, rule, t.seed, e, t.group_by_length))
-               for r in range(procs) if b[r::procs])
+    return max(
+        batch_tokens(b[r::procs], lengths)
+        for e in range(epochs)
+        for b in (first if e == 0 else global_batches(lengths, rule, t.seed, e, t.group_by_length))
+        for r in range(procs)
+        if b[r::procs]
+    )
 
 
 def train_tokens(cfg: RunConfig, worst: int) -> int:
@@ -110,21 +127,32 @@ def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int) 
     t = cfg.train
     if t.batch_tokens != "auto" and t.gradient_checkpointing != "auto":
         tokens = train_tokens(cfg, worst_train)
-        out["finetune"] = {"tokens_per_batch": tokens, "batch": _batch_words(t, tokens), "gradient_checkpointing": bool(t.gradient_checkpointing),
-                           "parts": train_parts(cfg, shape, tokens, bool(t.gradient_checkpointing))}
+        out["finetune"] = {
+            "tokens_per_batch": tokens,
+            "batch": _batch_words(t, tokens),
+            "gradient_checkpointing": bool(t.gradient_checkpointing),
+            "parts": train_parts(cfg, shape, tokens, bool(t.gradient_checkpointing)),
+        }
     if cfg.eval.batch_tokens != "auto":
         tokens = eval_tokens(cfg, longest_test)
-        out["eval"] = {"tokens_per_batch": tokens, "batch": _batch_words(cfg.eval, tokens), "parts": eval_parts(cfg, shape, tokens)}
+        out["eval"] = {
+            "tokens_per_batch": tokens,
+            "batch": _batch_words(cfg.eval, tokens),
+            "parts": eval_parts(cfg, shape, tokens),
+        }
     for est in out.values():
-        est["total_bytes"] = total(est["parts"])
+        est["total_bytes"] = total(est["parts"])  # type: ignore[arg-type]
     return out
 
 
 def _allowance(limit: float, key: str) -> str:
     if key == "resources.mem_gb":
         mem_gb = (limit * CPU_RESIDENT_FACTOR + CPU_PROCESS_BYTES) / GiB
-        return (f"{limit / GiB:.1f} GiB its tensors may use ({key} {mem_gb:g} less {CPU_PROCESS_BYTES / GiB:.0f} GiB for the "
-                f"process, / {CPU_RESIDENT_FACTOR} for what glibc keeps resident)")
+        return (
+            f"{limit / GiB:.1f} GiB its tensors may use ({key} {mem_gb:g} less "
+            f"{CPU_PROCESS_BYTES / GiB:.0f} GiB for the "
+            f"process, / {CPU_RESIDENT_FACTOR} for what glibc keeps resident)"
+        )
     return f"{limit / GiB:.1f} GiB it may use ({key})"
 
 
@@ -135,52 +163,73 @@ def check(cfg: RunConfig, estimates: dict, limit: float | None, key: str) -> Non
     for stage, est in estimates.items():
         if est["total_bytes"] <= limit:
             continue
-        knobs = ("train.batch_tokens (or train.batch_size), train.gradient_checkpointing: true or auto, lora.r"
-                 if stage == "finetune" else "eval.batch_tokens (or eval.batch_size), eval.share_prefix: false")
+        knobs = (
+            "train.batch_tokens (or train.batch_size), train.gradient_checkpointing: true or auto, lora.r"
+            if stage == "finetune"
+            else "eval.batch_tokens (or eval.batch_size), eval.share_prefix: false"
+        )
         raise MemoryPlanError(
             f"{key}: the {stage} stage needs about {est['total_bytes'] / GiB:.1f} GiB ({describe(est['parts'])}, "
             f"{est['batch']}), over the {_allowance(limit, key)}; lower "
-            f"{knobs}, or task.max_length, or raise {key}")
+            f"{knobs}, or task.max_length, or raise {key}"
+        )
     for stage in ("finetune", "eval"):
         if stage not in estimates:
-            raise MemoryPlanError(f"{key}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
-                                  f"the {stage} stage in the {_allowance(limit, key)}; raise {key} or lower "
-                                  "task.max_length")
+            raise MemoryPlanError(
+                f"{key}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
+                f"the {stage} stage in the {_allowance(limit, key)}; raise {key} or lower "
+                "task.max_length"
+            )
 
 
-def plan_memory(cfg: RunConfig, model_config, train_lengths: list[int] | None,
-                longest_test: int) -> tuple[RunConfig, dict]:
+def plan_memory(
+    cfg: RunConfig, model_config, train_lengths: list[int] | None, longest_test: int
+) -> tuple[RunConfig, dict]:
     """Resolve "auto", estimate each stage, refuse what does not fit: (resolved config, memory plan).
     train_lengths: every training prompt's tokens (None when too many to tokenize at planning time)."""
     limit, key = ceiling(cfg)
     if limit is None and cfg.resources.train_processes > 1 and _left_open(cfg, "finetune"):
         # each process would size its batches from its own GPU's free memory, and they must cut the same batches
-        raise MemoryPlanError(f"{key}: train.batch_tokens or train.gradient_checkpointing is 'auto' with "
-                              f"{cfg.resources.train_processes} training processes; set {key} (the memory each "
-                              "GPU may use) so that the plan chooses one budget for all of them")
+        raise MemoryPlanError(
+            f"{key}: train.batch_tokens or train.gradient_checkpointing is 'auto' with "
+            f"{cfg.resources.train_processes} training processes; set {key} (the memory each "
+            "GPU may use) so that the plan chooses one budget for all of them"
+        )
     shape = model_shape(cfg, model_config)
     worst = worst_train_batch(cfg, train_lengths)
     resolved = resolve(cfg, shape, limit, worst)
     estimates = stage_estimates(resolved, shape, worst, longest_test)
     check(resolved, estimates, limit, key)
-    return resolved, {"ceiling_bytes": limit, "ceiling_key": key, "longest_test_prompt": longest_test,
-                      "worst_fixed_train_batch": worst, "stages": estimates, "shape": dataclasses.asdict(shape)}
+    return resolved, {
+        "ceiling_bytes": limit,
+        "ceiling_key": key,
+        "longest_test_prompt": longest_test,
+        "worst_fixed_train_batch": worst,
+        "stages": estimates,
+        "shape": dataclasses.asdict(shape),
+    }
 
 
 def lines(memory: dict) -> list[str]:
     """The plan, as submit prints it."""
     limit = memory["ceiling_bytes"]
     key = memory["ceiling_key"]
-    head = (f"memory plan (each stage's estimated peak; no ceiling: {key} is not set):" if limit is None else
-            f"memory plan (each stage's estimated peak; {_allowance(limit, key)}):")
+    head = (
+        f"memory plan (each stage's estimated peak; no ceiling: {key} is not set):"
+        if limit is None
+        else f"memory plan (each stage's estimated peak; {_allowance(limit, key)}):"
+    )
     out = [head]
     for stage in ("finetune", "eval"):
         est = memory["stages"].get(stage)
         if est is None:
             out.append(f"  {stage}: batch chosen in the stage, from {GPU_FREE_SHARE:.0%} of the GPU's free memory")
             continue
-        ckpt = f", gradient checkpointing {'on' if est['gradient_checkpointing'] else 'off'}" \
-            if stage == "finetune" else ""
+        ckpt = (
+            f", gradient checkpointing {'on' if est['gradient_checkpointing'] else 'off'}"
+            if stage == "finetune"
+            else ""
+        )
         out.append(f"  {stage}: {est['batch']}{ckpt}: {describe(est['parts'])}")
     return out
 
@@ -207,15 +256,26 @@ def resolve_in_stage(cfg: RunConfig, stage: str) -> RunConfig:
     import torch
 
     if not torch.cuda.is_available():
-        raise MemoryPlanError(f"{stage}: batch_tokens or gradient_checkpointing is 'auto' but the plan left it "
-                              "open and there is no GPU to size it from; plan the run again")
+        raise MemoryPlanError(
+            f"{stage}: batch_tokens or gradient_checkpointing is 'auto' but the plan left it "
+            "open and there is no GPU to size it from; plan the run again"
+        )
     free, _ = torch.cuda.mem_get_info()
-    resolved = resolve(cfg, model_shape(cfg, model_config(cfg)), free * GPU_FREE_SHARE,
-                       cfg.train.batch_size * cfg.task.max_length)
+    resolved = resolve(
+        cfg, model_shape(cfg, model_config(cfg)), free * GPU_FREE_SHARE, cfg.train.batch_size * cfg.task.max_length
+    )
     if _left_open(resolved, stage):
-        raise MemoryPlanError(f"{stage}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
-                              f"{GPU_FREE_SHARE:.0%} of the {free / GiB:.1f} GiB free on this GPU")
-    log.info("%s: chose from %.1f GiB free on the GPU: train batch_tokens %s, gradient checkpointing %s, eval "
-             "batch_tokens %s", stage, free / GiB, resolved.train.batch_tokens, resolved.train.gradient_checkpointing,
-             resolved.eval.batch_tokens)
+        raise MemoryPlanError(
+            f"{stage}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
+            f"{GPU_FREE_SHARE:.0%} of the {free / GiB:.1f} GiB free on this GPU"
+        )
+    log.info(
+        "%s: chose from %.1f GiB free on the GPU: train batch_tokens %s, gradient checkpointing %s, eval "
+        "batch_tokens %s",
+        stage,
+        free / GiB,
+        resolved.train.batch_tokens,
+        resolved.train.gradient_checkpointing,
+        resolved.eval.batch_tokens,
+    )
     return resolved

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODELS = ("base", "finetuned")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file name for the adapter's weights
 
 
 def _model(model: str) -> str:
@@ -30,7 +31,8 @@ class RunPaths:
         return self.run_dir / "config.yaml"
 
     @property
-    def plan(self) -> Path:
+    def ledger(self) -> Path:
+        """The submissions ledger (run.ledger): every batch of Slurm jobs sent for the run."""
         return self.run_dir / "plan.json"
 
     @property
@@ -47,8 +49,8 @@ class RunPaths:
         return self.run_dir / ".lock"
 
     @property
-    def plan_lock(self) -> Path:
-        """Beside the run directory: taken before the directory exists, by the first job that plans it."""
+    def create_lock(self) -> Path:
+        """Beside the run directory: taken before the directory exists, by the first job that creates it."""
         return self.run_dir.parent / f".{self.run_dir.name}.plan-lock"
 
     @property
@@ -69,15 +71,36 @@ class RunPaths:
         return self.run_dir / "adapter"
 
     @property
+    def adapter_weights(self) -> Path:
+        return self.adapter / ADAPTER_WEIGHTS
+
+    @property
+    def adapter_config(self) -> Path:
+        return self.adapter / "adapter_config.json"
+
+    @property
     def checkpoints(self) -> Path:
         return self.run_dir / "checkpoints"
 
     def checkpoint(self, step: int) -> Path:
+        """A resumable checkpoint (written aside, then renamed into place: a directory there is complete)."""
         return self.checkpoints / f"step_{step:07d}"
 
-    def checkpoint_staging(self, step: int) -> Path:
-        """Where a checkpoint is written before it is renamed into place."""
-        return self.checkpoints / f".tmp_step_{step:07d}"
+    def other_checkpoints(self, keep: Path) -> list[Path]:
+        return [p for p in self.checkpoints.glob("step_*") if p != keep]
+
+    @staticmethod
+    def checkpoint_adapter(checkpoint: Path) -> Path:
+        return checkpoint / "adapter"
+
+    @staticmethod
+    def checkpoint_trainer(checkpoint: Path) -> Path:
+        """Optimizer, schedule, RNG and loop state."""
+        return checkpoint / "trainer.pt"
+
+    @staticmethod
+    def checkpoint_complete(checkpoint: Path) -> Path:
+        return checkpoint / "COMPLETE"
 
     def complete_checkpoints(self) -> list[Path]:
         """Checkpoints whose writing finished (they hold a COMPLETE marker), oldest first."""
@@ -92,7 +115,11 @@ class RunPaths:
         return self.eval_weights_root / _model(model)
 
     def eval_weights_lock(self, model: str) -> Path:
-        return self.eval_weights_root / f".{model}.lock"
+        return self.eval_weights_root / f".{_model(model)}.lock"
+
+    def eval_weights_marker(self, model: str) -> Path:
+        """Written last into the weights directory: the inputs the weights were made from."""
+        return self.eval_weights(model) / "COMPLETE"
 
     @property
     def train_metrics(self) -> Path:

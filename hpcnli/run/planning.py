@@ -7,17 +7,16 @@ output_root the run was planned in); every stage reads them.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import subprocess
 from datetime import datetime
 from pathlib import Path
 
 from hpcnli.cluster.commands import partition_limits, partition_problem
-from hpcnli.config import RunConfig, save_config
+from hpcnli.config import MIN_PAIR_TOKENS, RunConfig, save_config
 from hpcnli.data.nli import load_split
 from hpcnli.errors import UserFacingError
-from hpcnli.io import read_json, write_json
+from hpcnli.io import read_json, work_saving_lock, write_json
 from hpcnli.model.loading import check_target_modules, check_top_layers, load_tokenizer, model_config
 from hpcnli.run import time_plan
 from hpcnli.run.memory_plan import plan_memory
@@ -32,18 +31,17 @@ class PlanError(UserFacingError, ValueError):
     """The run cannot start as configured; the message says what to change."""
 
 
-MIN_PAIR_TOKENS = 16  # the room a prompt must leave for premise and hypothesis within task.max_length
-
-
 def check_prompt_length(tokenizer, cfg: RunConfig) -> None:
     """Prompts are cut from the left to task.max_length: a template that fills it would leave every prompt
     without its premise and hypothesis, and the model would score the template's tail alone."""
     empty = format_prompt(cfg.task.prompt, {"premise": "", "hypothesis": ""})
     template = len(tokenizer(empty, add_special_tokens=False).input_ids)
     if template + MIN_PAIR_TOKENS > cfg.task.max_length:
-        raise PlanError(f"task.max_length: {cfg.task.max_length} tokens, but the prompt template alone is {template}, "
-                        f"which leaves {max(cfg.task.max_length - template, 0)} for premise and hypothesis; "
-                        f"use at least {template + 4 * MIN_PAIR_TOKENS}")
+        raise PlanError(
+            f"task.max_length: {cfg.task.max_length} tokens, but the prompt template alone is {template}, "
+            f"which leaves {max(cfg.task.max_length - template, 0)} for premise and hypothesis; "
+            f"use at least {template + 4 * MIN_PAIR_TOKENS}"
+        )
 
 
 def check_model(cfg: RunConfig):
@@ -84,29 +82,38 @@ def provenance() -> dict:
         out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
         return out.stdout.strip() if out.returncode == 0 else None
 
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "evaluate", "submitit"):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
             packages[name] = None
-    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "python": platform.python_version(), "packages": packages, "planned_on": platform.node(),
-            "planned_at": datetime.now().isoformat(timespec="seconds")}
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "packages": packages,
+        "planned_on": platform.node(),
+        "planned_at": datetime.now().isoformat(timespec="seconds"),
+    }
 
 
-def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
-    """Validate data and model, then write the run's config, test-set manifest and plan."""
+def create_run(cfg: RunConfig, run_dir: Path) -> RunPaths:
+    """Validate data and model, then create the run directory: config, test-set manifest, memory plan."""
     train = load_split(cfg, "train")
     test = load_split(cfg, "test")
     if cfg.eval.num_shards > len(test.examples):
-        raise PlanError(f"eval.num_shards: {cfg.eval.num_shards} shards for {len(test.examples)} test examples; "
-                        f"use at most {len(test.examples)}")
+        raise PlanError(
+            f"eval.num_shards: {cfg.eval.num_shards} shards for {len(test.examples)} test examples; "
+            f"use at most {len(test.examples)}"
+        )
     processes = cfg.resources.train_processes
     if cfg.train.batch_tokens is None and len(train.examples) < cfg.train.batch_size * processes:
-        raise PlanError(f"train.batch_size: {processes} training processes x batch {cfg.train.batch_size} = "
-                        f"{cfg.train.batch_size * processes} pairs per step, but data.train has "
-                        f"{len(train.examples)}; lower train.batch_size or the processes")
+        raise PlanError(
+            f"train.batch_size: {processes} training processes x batch {cfg.train.batch_size} = "
+            f"{cfg.train.batch_size * processes} pairs per step, but data.train has "
+            f"{len(train.examples)}; lower train.batch_size or the processes"
+        )
     if len(train.examples) < processes:
         raise PlanError(f"data.train: {len(train.examples)} pairs for {processes} training processes; each needs one")
     if len({e["id"] for e in test.examples}) != len(test.examples):
@@ -120,19 +127,35 @@ def plan(cfg: RunConfig, run_dir: Path) -> RunPaths:
     except FileExistsError:
         raise PlanError(f"{run_dir} exists; use --resume {run_dir} to complete it, or another name") from None
     except OSError as e:
-        raise PlanError(f"cannot create the run directory {run_dir} ({e.strerror}); "
-                        "set output_root to a writable directory") from None
+        raise PlanError(
+            f"cannot create the run directory {run_dir} ({e.strerror}); set output_root to a writable directory"
+        ) from None
     paths = RunPaths(run_dir)
     save_config(cfg, paths.config)
     # The results index belongs to output_root: a run elsewhere (--run-dir) leaves its directory's files alone.
     root = Path(cfg.output_root).resolve()
     write_json(paths.memory_plan, memory)
     write_json(paths.provenance, {**provenance(), "output_root": str(root) if paths.run_dir.parent == root else None})
-    write_json(paths.test_manifest, {"source": test.source, "examples": len(test.examples), "dropped": test.dropped,
-                                     "ids_hash": test.ids_hash, "content_hash": test.content_hash,
-                                     "ids": [e["id"] for e in test.examples]})
-    log.info("planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
-             run_dir, len(train.examples), train.source, len(test.examples), test.source, cfg.eval.num_shards)
+    write_json(
+        paths.test_manifest,
+        {
+            "source": test.source,
+            "examples": len(test.examples),
+            "dropped": test.dropped,
+            "ids_hash": test.ids_hash,
+            "content_hash": test.content_hash,
+            "ids": [e["id"] for e in test.examples],
+        },
+    )
+    log.info(
+        "planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
+        run_dir,
+        len(train.examples),
+        train.source,
+        len(test.examples),
+        test.source,
+        cfg.eval.num_shards,
+    )
     return paths
 
 
@@ -146,16 +169,22 @@ def slurm_problem(cfg: RunConfig) -> str | None:
     if limits is None:
         return None
     if r.gpus_per_node > limits["gpus"]:
-        return (f"resources.gpus_per_node: {r.gpus_per_node} GPUs per node, but the nodes of partition "
-                f"{r.partition!r} have {limits['gpus']} (sinfo); use at most {limits['gpus']}")
+        return (
+            f"resources.gpus_per_node: {r.gpus_per_node} GPUs per node, but the nodes of partition "
+            f"{r.partition!r} have {limits['gpus']} (sinfo); use at most {limits['gpus']}"
+        )
     if r.nodes > limits["nodes"]:
-        return (f"resources.nodes: {r.nodes} nodes, but partition {r.partition!r} has {limits['nodes']} (sinfo); "
-                f"use at most {limits['nodes']}")
+        return (
+            f"resources.nodes: {r.nodes} nodes, but partition {r.partition!r} has {limits['nodes']} (sinfo); "
+            f"use at most {limits['nodes']}"
+        )
     cpus = r.train_processes_per_node * r.cpus_per_task
     if cpus > limits["cpus"]:
-        return (f"resources.cpus_per_task: {r.train_processes_per_node} training processes per node x "
-                f"{r.cpus_per_task} CPUs = {cpus}, but the nodes of partition {r.partition!r} have {limits['cpus']} "
-                "CPUs (sinfo); lower cpus_per_task or the processes per node")
+        return (
+            f"resources.cpus_per_task: {r.train_processes_per_node} training processes per node x "
+            f"{r.cpus_per_task} CPUs = {cpus}, but the nodes of partition {r.partition!r} have {limits['cpus']} "
+            "CPUs (sinfo); lower cpus_per_task or the processes per node"
+        )
     return None
 
 
@@ -168,14 +197,15 @@ def check_resumable(cfg: RunConfig, paths: RunPaths) -> None:
         raise PlanError(why)
 
 
-def plan_once(run_dir: Path, make_plan) -> RunPaths:
-    """For the sbatch scripts, whose jobs may all start at once: the first calls make_plan(), the rest reuse its run."""
+def create_once(run_dir: Path, make_run) -> RunPaths:
+    """For the sbatch scripts, whose jobs may all start at once: the first calls make_run(), the rest reuse its run.
+    Should the lock not hold (a filesystem without locks), a second creator finds the directory and is refused."""
     paths = RunPaths(run_dir)
     try:
         paths.run_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PlanError(f"cannot create the run directory {run_dir} ({e.strerror}); "
-                        "choose a writable --run-dir or output_root") from None
-    with open(paths.plan_lock, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return paths if paths.config.is_file() else make_plan()
+        raise PlanError(
+            f"cannot create the run directory {run_dir} ({e.strerror}); choose a writable --run-dir or output_root"
+        ) from None
+    with work_saving_lock(paths.create_lock):
+        return paths if paths.config.is_file() else make_run()

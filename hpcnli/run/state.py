@@ -14,11 +14,13 @@ import json
 
 from hpcnli.data.nli import load_split, shard_bounds
 from hpcnli.io import RunFileError, read_json
+from hpcnli.records import ShardMetrics, TrainMetrics
 from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.stages import EVAL_STAGES, FINETUNE, REDUCE, STAGES, Work
 
 
 def adapter_sha256(paths: RunPaths) -> str | None:
-    weights = paths.adapter / "adapter_model.safetensors"
+    weights = paths.adapter_weights
     if not weights.is_file():
         return None
     digest = hashlib.sha256()
@@ -31,16 +33,17 @@ def adapter_sha256(paths: RunPaths) -> str | None:
 def test_set_changed(test, manifest: dict) -> str | None:
     """Why the test set now differs from the one the run was planned with, or None."""
     if test.ids_hash != manifest["ids_hash"] or test.content_hash != manifest.get("content_hash", test.content_hash):
-        return (f"data.test changed since the run was planned ({test.source}: content hash {test.content_hash}, "
-                f"planned {manifest.get('content_hash', manifest['ids_hash'])}); the run's predictions belong to the "
-                "planned file: restore it, or start a new run")
+        return (
+            f"data.test changed since the run was planned ({test.source}: content hash {test.content_hash}, "
+            f"planned {manifest.get('content_hash', manifest['ids_hash'])}); the run's predictions belong to the "
+            "planned file: restore it, or start a new run"
+        )
     return None
 
 
 def training_done(paths: RunPaths) -> bool:
     """The adapter's files are all there (whether they are current is `training_problem`)."""
-    return all((paths.adapter / f).is_file() for f in ("adapter_config.json", "adapter_model.safetensors")) \
-        and paths.train_metrics.is_file()
+    return paths.adapter_config.is_file() and paths.adapter_weights.is_file() and paths.train_metrics.is_file()
 
 
 def training_problem(cfg, paths: RunPaths, need_adapter: bool = True) -> str | None:
@@ -50,106 +53,161 @@ def training_problem(cfg, paths: RunPaths, need_adapter: bool = True) -> str | N
     if not paths.train_metrics.is_file():
         return f"no {paths.train_metrics.name}"
     try:
-        inputs = read_json(paths.train_metrics).get("inputs")
-    except (RunFileError, AttributeError) as e:
+        metrics = TrainMetrics.read(paths.train_metrics)
+    except RunFileError as e:
         return f"{paths.train_metrics.name} is unreadable ({e})"
-    if inputs is None:  # written before adapters recorded their inputs
+    inputs = metrics.inputs
+    if metrics.schema_version == 1:  # written before adapters recorded their inputs
         return None
-    if inputs.get("train_config_hash") != cfg.train_hash():
-        return (f"config.yaml changed since the adapter was trained (training settings hash "
-                f"{inputs.get('train_config_hash')}, now {cfg.train_hash()})")
+    now = cfg.train_hash_v1() if metrics.schema_version == 2 else cfg.train_hash()
+    if inputs.get("train_config_hash") != now:
+        return (
+            f"config.yaml changed since the adapter was trained (training settings hash "
+            f"{inputs.get('train_config_hash')}, now {now})"
+        )
     current = load_split(cfg, "train").content_hash
     if inputs.get("train_data_hash") != current:
-        return (f"data.train changed since the adapter was trained (content hash {inputs.get('train_data_hash')}, "
-                f"now {current})")
+        return (
+            f"data.train changed since the adapter was trained (content hash {inputs.get('train_data_hash')}, "
+            f"now {current})"
+        )
     return None
 
 
-def check_shard(paths: RunPaths, cfg, model: str, shard: int, expected_ids: list[str],
-                expected: dict) -> tuple[list[dict], str | None]:
+def check_shard(
+    paths: RunPaths, cfg, model: str, shard: int, expected_ids: list[str], expected: dict
+) -> tuple[list[dict], ShardMetrics | None, str | None]:
     """The shard's rows, or the reason the shard is unusable. `expected`: the test set's content hash and
     the current adapter's sha256, as the shard must have recorded them."""
     pred_file, metrics_file = paths.shard_predictions(model, shard), paths.shard_metrics(model, shard)
     if not pred_file.is_file() or not metrics_file.is_file():
-        return [], "missing"
+        return [], None, "missing"
     try:
-        metrics = read_json(metrics_file)
+        metrics = ShardMetrics.read(metrics_file)
         with open(pred_file, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f]
     except (json.JSONDecodeError, UnicodeDecodeError, RunFileError) as e:
-        return [], f"unreadable ({e.__class__.__name__}: {e}); the file is truncated or corrupt"
-    if metrics.get("config_hash") != cfg.hash():
-        return [], f"written for config {metrics.get('config_hash')}, not this run's {cfg.hash()}"
-    if metrics.get("model") != model or metrics.get("shard") != shard:
-        return [], f"metrics file describes {metrics.get('model')} shard {metrics.get('shard')}"
-    if expected["test_content_hash"] and metrics.get("test_content_hash") != expected["test_content_hash"]:
-        return [], (f"scored another test set (content hash {metrics.get('test_content_hash')}, "
-                    f"the run's is {expected['test_content_hash']})")
-    if model == "finetuned" and expected["adapter_sha256"] and "adapter_sha256" in metrics \
-            and metrics["adapter_sha256"] != expected["adapter_sha256"]:
-        return [], (f"scored with another adapter (sha256 {metrics['adapter_sha256']}, "
-                    f"now {expected['adapter_sha256']})")
+        return [], None, f"unreadable ({e.__class__.__name__}: {e}); the file is truncated or corrupt"
+    problem = _shard_metrics_problem(cfg, model, shard, metrics, expected)
+    if problem:
+        return [], None, problem
     for i, r in enumerate(rows):
-        if not (isinstance(r, dict) and {"id", "gold", "pred", "scores"} <= r.keys()
-                and r["pred"] in (0, 1, 2) and isinstance(r["scores"], list) and len(r["scores"]) == 3):
-            return [], f"row {i + 1} does not have id, gold, pred in 0..2 and 3 scores"
+        if not (
+            isinstance(r, dict)
+            and {"id", "gold", "pred", "scores"} <= r.keys()
+            and r["pred"] in (0, 1, 2)
+            and isinstance(r["scores"], list)
+            and len(r["scores"]) == 3
+        ):
+            return [], None, f"row {i + 1} does not have id, gold, pred in 0..2 and 3 scores"
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
-        return [], f"{len(ids) - len(set(ids))} duplicated example id(s)"
+        return [], None, f"{len(ids) - len(set(ids))} duplicated example id(s)"
     if ids != expected_ids:
         foreign = len(set(ids) - set(expected_ids))
-        return [], (f"{len(ids)} rows for {len(expected_ids)} expected examples "
-                    f"({foreign} id(s) that belong to no example of this shard)")
-    return rows, None
+        return (
+            [],
+            None,
+            (
+                f"{len(ids)} rows for {len(expected_ids)} expected examples "
+                f"({foreign} id(s) that belong to no example of this shard)"
+            ),
+        )
+    return rows, metrics, None
 
 
-def collect(paths: RunPaths, cfg, manifest: dict) -> tuple[dict, dict, list[dict]]:
+def _shard_metrics_problem(cfg, model: str, shard: int, metrics: ShardMetrics, expected: dict) -> str | None:
+    if metrics.config_hash != cfg.hash():
+        return f"written for config {metrics.config_hash}, not this run's {cfg.hash()}"
+    if metrics.model != model or metrics.shard != shard:
+        return f"metrics file describes {metrics.model} shard {metrics.shard}"
+    if expected["test_content_hash"] and metrics.test_content_hash != expected["test_content_hash"]:
+        return (
+            f"scored another test set (content hash {metrics.test_content_hash}, "
+            f"the run's is {expected['test_content_hash']})"
+        )
+    if (
+        model == "finetuned"
+        and expected["adapter_sha256"]
+        and metrics.adapter_sha256 is not None
+        and metrics.adapter_sha256 != expected["adapter_sha256"]
+    ):
+        return f"scored with another adapter (sha256 {metrics.adapter_sha256}, now {expected['adapter_sha256']})"
+    return None
+
+
+def collect(paths: RunPaths, cfg, manifest: dict) -> tuple[dict, dict[str, list[ShardMetrics]], list[dict]]:
     """Predictions by model and id, shard metrics, and the problems found (empty when complete)."""
     ids = manifest["ids"]
     expected = {"test_content_hash": manifest.get("content_hash"), "adapter_sha256": adapter_sha256(paths)}
     predictions: dict = {m: {} for m in MODELS}
-    shard_metrics: dict = {m: [] for m in MODELS}
+    shard_metrics: dict[str, list[ShardMetrics]] = {m: [] for m in MODELS}
     problems = []
     for model in MODELS:
         for shard in range(cfg.eval.num_shards):
             lo, hi = shard_bounds(len(ids), cfg.eval.num_shards, shard)
-            rows, why = check_shard(paths, cfg, model, shard, ids[lo:hi], expected)
+            rows, metrics, why = check_shard(paths, cfg, model, shard, ids[lo:hi], expected)
             if why:
-                problems.append({"model": model, "shard": shard, "examples": hi - lo, "problem": why,
-                                 "file": str(paths.shard_predictions(model, shard))})
+                problems.append(
+                    {
+                        "model": model,
+                        "shard": shard,
+                        "examples": hi - lo,
+                        "problem": why,
+                        "file": str(paths.shard_predictions(model, shard)),
+                    }
+                )
                 continue
-            shard_metrics[model].append(read_json(paths.shard_metrics(model, shard)))
+            assert metrics is not None  # no problem found: the shard's records were read
+            shard_metrics[model].append(metrics)
             for r in rows:
                 predictions[model][r["id"]] = r
     return predictions, shard_metrics, problems
 
 
-def remaining_work(cfg, paths: RunPaths, force: bool = False) -> dict:
-    """What remains: finetune (bool), shards per model (lists of indices), and why each is redone (`why`,
-    lines for the user); the reduce stage always runs."""
-    every = list(range(cfg.eval.num_shards))
+def remaining_work(cfg, paths: RunPaths, force: bool = False) -> Work:
+    """What remains, stage by stage (the gathering stage, reduce, always runs), and why each part is redone."""
     if force:
-        return {"finetune": True, **{m: every for m in MODELS}, "why": ["--force: every stage"]}
+        return Work({s.name: s.tasks(cfg) for s in STAGES}, ["--force: every stage"])
     train_why = training_problem(cfg, paths)  # a new adapter first: the fine-tuned shards are then made with it
     _, _, problems = collect(paths, cfg, read_json(paths.test_manifest))
     redo = train_why and (paths.adapter.exists() or paths.train_metrics.exists())  # not a run's first fine-tune
-    remaining = {"finetune": train_why is not None, "why": [f"fine-tune: {train_why}"] if redo else []}
-    for m in MODELS:
-        bad = {p["shard"] for p in problems if p["model"] == m}
-        remaining[m] = every if m == "finetuned" and train_why else sorted(bad)
-    remaining["why"] += [f"{p['model']} shard {p['shard']}: {p['problem']}" for p in problems
-                         if p["problem"] != "missing" and not (p["model"] == "finetuned" and train_why)]
-    return remaining
+    work = Work({s.name: [] for s in STAGES}, [f"fine-tune: {train_why}"] if redo else [])
+    work.tasks[FINETUNE.name] = FINETUNE.tasks(cfg) if train_why else []
+    for s in EVAL_STAGES:
+        stale = train_why is not None and FINETUNE.name in s.after_ok  # scored with an adapter about to change
+        work.tasks[s.name] = s.tasks(cfg) if stale else sorted({p["shard"] for p in problems if p["model"] == s.model})
+        work.why += [
+            f"{p['model']} shard {p['shard']}: {p['problem']}"
+            for p in problems
+            if p["model"] == s.model and p["problem"] != "missing" and not stale
+        ]
+    work.tasks[REDUCE.name] = REDUCE.tasks(cfg)
+    return work
+
+
+def retry_round(cfg, paths: RunPaths) -> Work:
+    """The one retry policy of both launchers, once the stages before reduce have ended: the tasks of `retried`
+    stages still missing or invalid, except those that wait on a stage that failed (reported instead)."""
+    left = remaining_work(cfg, paths)
+    failed = {s.name for s in STAGES if left.todo(s) and not s.retried}
+    return Work({s.name: left.todo(s) if s.retried and not failed & set(s.after_ok) else [] for s in STAGES})
 
 
 def shard_counts(paths: RunPaths, num_shards: int) -> dict[str, int]:
-    return {m: sum(paths.shard_predictions(m, s).is_file() and paths.shard_metrics(m, s).is_file()
-                   for s in range(num_shards)) for m in MODELS}
+    return {
+        m: sum(
+            paths.shard_predictions(m, s).is_file() and paths.shard_metrics(m, s).is_file() for s in range(num_shards)
+        )
+        for m in MODELS
+    }
 
 
 def progress_line(cfg, paths: RunPaths) -> str:
     done = shard_counts(paths, cfg.eval.num_shards)
     trained = "done" if paths.train_metrics.is_file() else "pending"
     report = "written" if paths.report_md.is_file() else "pending"
-    return (f"finetune {trained}; shards base {done['base']}/{cfg.eval.num_shards}, "
-            f"finetuned {done['finetuned']}/{cfg.eval.num_shards}; report {report}")
+    return (
+        f"finetune {trained}; shards base {done['base']}/{cfg.eval.num_shards}, "
+        f"finetuned {done['finetuned']}/{cfg.eval.num_shards}; report {report}"
+    )

@@ -15,9 +15,11 @@ import random
 from pathlib import Path
 
 from hpcnli.config import RunConfig
-from hpcnli.io import RunFileError, read_json
+from hpcnli.io import RunFileError
+from hpcnli.records import Report, TrainMetrics
+from hpcnli.run.paths import RunPaths
+from hpcnli.run.stages import MAX_REQUEUES
 
-MAX_REQUEUES = 3  # submitit's max_num_timeout (launch.slurm): requeues of a job on time-out
 SAMPLE = 5000  # training pairs tokenized for the mean prompt length when the plan has no lengths
 
 
@@ -25,24 +27,25 @@ def pairs_to_train(cfg: RunConfig, n_train: int, mean_tokens: float) -> float:
     t, procs = cfg.train, cfg.resources.train_processes
     if t.max_steps <= 0:
         return t.epochs * n_train
-    per_step = t.batch_size if t.batch_tokens is None else t.batch_tokens / mean_tokens
+    per_step = t.batch_size if t.batch_tokens is None else int(t.batch_tokens) / mean_tokens  # resolved by now
     return t.max_steps * per_step * t.grad_accum * procs
 
 
 def last_throughput(cfg: RunConfig, gpu: bool) -> tuple[float, str] | None:
     """Prompt tokens/s of the newest finished fine-tune of this model in output_root, and that run's name."""
     best = None
-    for metrics_file in Path(cfg.output_root).glob("*/train_metrics.json"):
+    root = Path(cfg.output_root)
+    for run in (RunPaths(p) for p in (sorted(root.iterdir()) if root.is_dir() else []) if p.is_dir()):
         try:
-            metrics = read_json(metrics_file)
-            run_cfg = read_json(metrics_file.with_name("report.json")).get("config", {})
+            metrics = TrainMetrics.read(run.train_metrics)
+            run_cfg = Report.read(run.report_json).config
         except (RunFileError, OSError):
             continue
         same_model = run_cfg.get("model", {}).get("name_or_path") == cfg.model.name_or_path
-        same_device = ("cpu" not in str(metrics.get("device", "cpu")).lower()) == gpu
-        when = metrics_file.stat().st_mtime
-        if same_model and same_device and metrics.get("tokens_per_s") and (best is None or when > best[0]):
-            best = (when, metrics["tokens_per_s"], metrics_file.parent.name)
+        same_device = ("cpu" not in metrics.device.lower()) == gpu
+        when = run.train_metrics.stat().st_mtime
+        if same_model and same_device and metrics.tokens_per_s and (best is None or when > best[0]):
+            best = (when, metrics.tokens_per_s, run.name)
     return None if best is None else (best[1], best[2])
 
 
@@ -60,20 +63,32 @@ def estimate(cfg: RunConfig, tokenizer, train_examples: list[dict], lengths: lis
     mean_tokens = sum(lengths) / len(lengths)
     tokens = pairs_to_train(cfg, len(train_examples), mean_tokens) * mean_tokens
     minutes = tokens / known[0] / 60
-    return {"minutes": minutes, "tokens_per_s": known[0], "from_run": known[1],
-            "jobs": max(1, math.ceil(minutes / cfg.resources.time_min)), "time_min": cfg.resources.time_min}
+    return {
+        "minutes": minutes,
+        "tokens_per_s": known[0],
+        "from_run": known[1],
+        "jobs": max(1, math.ceil(minutes / cfg.resources.time_min)),
+        "time_min": cfg.resources.time_min,
+    }
 
 
 def lines(est: dict | None) -> list[str]:
     if est is None:
         return ["time plan: no earlier fine-tune of this model in output_root to take a throughput from"]
-    head = (f"time plan: the fine-tune takes about {est['minutes']:.0f} min at {est['tokens_per_s']:,.0f} prompt "
-            f"tokens/s (run {est['from_run']})")
+    head = (
+        f"time plan: the fine-tune takes about {est['minutes']:.0f} min at {est['tokens_per_s']:,.0f} prompt "
+        f"tokens/s (run {est['from_run']})"
+    )
     if est["jobs"] == 1:
         return [f"{head}: fits resources.time_min {est['time_min']}"]
     requeues = est["jobs"] - 1
     if requeues <= MAX_REQUEUES:
-        return [f"{head}: {requeues} requeue(s) past resources.time_min {est['time_min']} (it resumes from "
-                "its last checkpoint each time)"]
-    return [f"{head}: WARNING: {requeues} requeues past resources.time_min {est['time_min']}, more than the "
-            f"{MAX_REQUEUES} Slurm is asked for; raise resources.time_min to {math.ceil(est['minutes'] / (MAX_REQUEUES + 1))}"]
+        return [
+            f"{head}: {requeues} requeue(s) past resources.time_min {est['time_min']} (it resumes from "
+            "its last checkpoint each time)"
+        ]
+    enough = math.ceil(est["minutes"] / (MAX_REQUEUES + 1))
+    return [
+        f"{head}: WARNING: {requeues} requeues past resources.time_min {est['time_min']}, more than the "
+        f"{MAX_REQUEUES} Slurm is asked for; raise resources.time_min to {enough}"
+    ]

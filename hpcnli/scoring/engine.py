@@ -7,11 +7,12 @@ reuses that key/value cache (`eval.share_prefix`); same scores as whole prompts 
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
-import torch.nn.functional as F
 
-from hpcnli.scoring.batching import BatchRule
+from hpcnli.config import PREFIX_CHUNK_BATCHES
+from hpcnli.data.batching import BatchRule
 from hpcnli.scoring.prompts import format_prompt, label_token_ids, pad_left, tokenize_prompts
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def shared_prefix_logits(model, prompts: list[list[int]], groups: list[tuple[list[int], int]], pad_id: int,
-                         rule: BatchRule):
+def shared_prefix_logits(
+    model, prompts: list[list[int]], groups: list[tuple[list[int], int]], pad_id: int, rule: BatchRule
+):
     """Answer-position logits of every row of `groups`, each group's prefix run once: yields (rows, logits).
 
     The groups' prefixes run in batches of `rule` (groups sorted by prefix length, so little padding);
@@ -64,13 +66,19 @@ def shared_prefix_logits(model, prompts: list[list[int]], groups: list[tuple[lis
     for batch in rule.cut(order, widths):
         owner = torch.tensor([owner_of[i] for i in batch], device=device)
         width = int(pre_len[owner].max())  # prefixes are right-aligned: their last `width` columns hold them all
-        cache = DynamicCache(ddp_cache_data=[(k[owner, :, -width:], v[owner, :, -width:]) for k, v in groups_kv],
-                             config=model.config)
-        rest_ids, rest_mask = pad_left([prompts[i][widths[i][0]:] for i in batch], pad_id)
+        cache = DynamicCache(
+            ddp_cache_data=[(k[owner, :, -width:], v[owner, :, -width:]) for k, v in groups_kv], config=model.config
+        )
+        rest_ids, rest_mask = pad_left([prompts[i][widths[i][0] :] for i in batch], pad_id)
         rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
-        out = model(input_ids=rest_ids, attention_mask=torch.cat([pre_mask[owner, -width:], rest_mask], dim=1),
-                    position_ids=pre_len[owner, None] + _positions(rest_mask), cache=cache, use_cache=True,
-                    logits_to_keep=1)
+        out = model(
+            input_ids=rest_ids,
+            attention_mask=torch.cat([pre_mask[owner, -width:], rest_mask], dim=1),
+            position_ids=pre_len[owner, None] + _positions(rest_mask),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         yield batch, out.logits[:, -1, :]
 
 
@@ -84,16 +92,18 @@ def _prefix_states(model, prefixes: list[list[int]], pad_id: int, rule: BatchRul
     for rows in rule.cut(list(range(len(prefixes))), [len(p) for p in prefixes]):
         ids, mask = pad_left([prefixes[i] for i in rows], pad_id)
         ids, mask = ids.to(device), mask.to(device)
-        cache = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                      logits_to_keep=1).cache
+        cache = model(
+            input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1
+        ).cache
         if layers is None:
-            layers = [tuple(x.new_zeros((len(prefixes), x.shape[1], width, x.shape[3])) for x in (k, v))
-                      for k, v, *_ in cache]
+            layers = [
+                tuple(x.new_zeros((len(prefixes), x.shape[1], width, x.shape[3])) for x in (k, v)) for k, v, *_ in cache
+            ]
         end, w = start + len(rows), mask.shape[1]
         for (k_all, v_all), (k, v, *_) in zip(layers, cache):
-            k_all[start:end, :, width - w:] = k
-            v_all[start:end, :, width - w:] = v
-        mask_all[start:end, width - w:] = mask
+            k_all[start:end, :, width - w :] = k
+            v_all[start:end, :, width - w :] = v
+        mask_all[start:end, width - w :] = mask
         start = end
     return layers, mask_all
 
@@ -122,8 +132,11 @@ def predict_with_pipeline(model, tokenizer, cfg, examples: list[dict]) -> list[d
         model = model.get_base_model()
     classify = pipeline("text-classification", model=model, tokenizer=tokenizer)
     texts = [format_prompt(cfg.task.prompt, e) for e in examples]
-    outputs = classify(texts, batch_size=cfg.eval.batch_size, top_k=None, truncation=True,
-                       max_length=cfg.task.max_length)
+    # with top_k=None, one list of {label, score} per text (transformers annotates a flat list of dicts)
+    outputs = cast(
+        "list[list[dict]]",
+        classify(texts, batch_size=cfg.eval.batch_size, top_k=None, truncation=True, max_length=cfg.task.max_length),
+    )
     rows = []
     for e, out in zip(examples, outputs):
         by_label = {d["label"]: d["score"] for d in out}
@@ -134,10 +147,11 @@ def predict_with_pipeline(model, tokenizer, cfg, examples: list[dict]) -> list[d
 
 # Groups whose prefix states are held at once, in batches: more sorts rows better (less padding), costs memory
 # (hpcnli.model.footprint counts these caches).
-PREFIX_CHUNK_BATCHES = 8
 
 
-def _prefix_chunks(examples: list[dict], prompts: list[list[int]], rule: BatchRule) -> list[list[tuple[list[int], int]]]:
+def _prefix_chunks(
+    examples: list[dict], prompts: list[list[int]], rule: BatchRule
+) -> list[list[tuple[list[int], int]]]:
     """Premise groups sorted by shared length, PREFIX_CHUNK_BATCHES batches' worth of groups to a chunk
     (whose prefix states are kept together)."""
     groups = sorted(shared_prefixes([e["premise"].strip() for e in examples], prompts), key=lambda g: g[1])
@@ -174,7 +188,8 @@ def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
                 input_ids, mask = pad_left([prompts[i] for i in rows], pad_id)
                 yield rows, answer_logits(model, input_ids.to(device), mask.to(device))
 
-    scores, done = [None] * len(prompts), 0
+    scores: list = [None] * len(prompts)
+    done = 0
     for b, (rows, logits) in enumerate(batches()):
         logprobs = torch.log_softmax(logits.float(), dim=-1)[:, label_ids.to(device)].cpu()
         for row, i in enumerate(rows):
@@ -182,5 +197,7 @@ def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
         done += len(rows)
         if b % 10 == 0 or done == len(prompts):
             log.info("scored %d/%d pairs", done, len(prompts))
-    return [{"id": e["id"], "gold": e["label"], "pred": max(range(3), key=s.__getitem__), "scores": s}
-            for e, s in zip(examples, scores)]
+    return [
+        {"id": e["id"], "gold": e["label"], "pred": max(range(3), key=s.__getitem__), "scores": s}
+        for e, s in zip(examples, scores)
+    ]

@@ -12,9 +12,11 @@ _KWARGS = "predictions (list of int), references (list of int)"
 class Accuracy(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
-            description=_DESCRIPTION, citation=_CITATION, inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("int32"),
-                                        "references": datasets.Value("int32")}))
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS,
+            features=datasets.Features({"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}),
+        )
 
     def _compute(self, predictions, references):
         correct = sum(int(p == r) for p, r in zip(predictions, references))

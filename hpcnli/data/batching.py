@@ -16,6 +16,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class BatchRule:
     """`rows` pairs per batch, or (`tokens` set) as many pairs as `tokens` padded tokens hold."""
+
     rows: int | None = None
     tokens: int | None = None
     ways: int = 1
@@ -25,7 +26,7 @@ class BatchRule:
             raise ValueError("a BatchRule has rows or tokens, not both")
 
     @classmethod
-    def of(cls, section, ways: int = 1) -> "BatchRule":
+    def of(cls, section, ways: int = 1) -> BatchRule:
         """The rule of a config section with batch_size and batch_tokens (a number by now: auto is resolved
         by the plan); batch_size counts pairs per process, so the rows of a global batch are batch_size x ways."""
         if section.batch_tokens is None:
@@ -34,9 +35,10 @@ class BatchRule:
             raise ValueError(f"batch_tokens {section.batch_tokens!r} was not resolved to a number of tokens")
         return cls(tokens=section.batch_tokens, ways=ways)
 
-    def times(self, k: int) -> "BatchRule":
+    def times(self, k: int) -> BatchRule:
         """k batches' worth as one group (the premise groups whose caches are held at once)."""
         if self.tokens is None:
+            assert self.rows is not None  # one of the two, by __post_init__
             return BatchRule(rows=self.rows * k, ways=self.ways)
         return BatchRule(tokens=self.tokens * k, ways=self.ways)
 
@@ -48,8 +50,11 @@ class BatchRule:
         its parts' lengths. Fixed rows: every `rows` rows. Tokens: a row joins the batch while
         ceil(rows / ways) x padded width stays within the budget; a row wider than the budget alone is an error."""
         if self.tokens is None:
-            return [order[i:i + self.rows] for i in range(0, len(order), self.rows)]
-        batches, current, longest = [], [], None
+            assert self.rows is not None  # one of the two, by __post_init__
+            return [order[i : i + self.rows] for i in range(0, len(order), self.rows)]
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest: tuple[int, ...] | None = None
         for i in order:
             parts = widths[i] if isinstance(widths[i], tuple) else (widths[i],)
             if sum(parts) > self.tokens:
@@ -93,10 +98,17 @@ def epoch_batches(lengths: list[int], rule: BatchRule, seed: int, epoch: int, by
     rng.shuffle(order)
     if not by_length:
         return rule.cut(order, lengths)
-    rows = rule.rows or max(1, rule.tokens * rule.ways // max(1, round(sum(lengths) / max(1, len(lengths)))))
+    if rule.rows:
+        rows = rule.rows
+    else:
+        assert rule.tokens is not None  # one of the two, by __post_init__
+        rows = max(1, rule.tokens * rule.ways // max(1, round(sum(lengths) / max(1, len(lengths)))))
     window = 16 * rows
-    batches = [b for w in range(0, len(order), window)
-               for b in rule.cut(sorted(order[w:w + window], key=lengths.__getitem__), lengths)]
+    batches = [
+        b
+        for w in range(0, len(order), window)
+        for b in rule.cut(sorted(order[w : w + window], key=lengths.__getitem__), lengths)
+    ]
     rng.shuffle(batches)
     return batches
 

@@ -1,0 +1,68 @@
+"""Short hashes of a RunConfig: what its predictions depend on (`hash`) and what its adapter depends on
+(`train_hash`, derived from the schema's `shapes_adapter` marks). Recorded in run files: a change to
+what a hash covers makes earlier runs look stale, so each scheme that was ever written stays here."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import typing
+from typing import Any
+
+from hpcnli.config.checks import shapes_adapter
+
+
+def short_hash(d: Any) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def plain(obj: Any) -> Any:
+    """Tuples as lists, as YAML and JSON write them."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def prediction_hash(cfg) -> str:
+    """Every key but resources, name and output_root."""
+    d = cfg.to_dict()
+    for k in ("resources", "name", "output_root"):
+        d.pop(k)
+    return short_hash(d)
+
+
+def adapter_keys(cls: Any) -> tuple[str, ...]:
+    """Dotted keys of the fields marked shapes_adapter, and of the derived values a section names in
+    ADAPTER_VALUES, in schema order."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += [f"{f.name}.{k}" for k in adapter_keys(tp)]
+        elif shapes_adapter(f):
+            keys.append(f.name)
+    return tuple(keys) + getattr(cls, "ADAPTER_VALUES", ())
+
+
+def adapter_settings(cfg) -> dict[str, Any]:
+    """{dotted key: value} for every key in adapter_keys."""
+    return {key: plain(functools.reduce(getattr, key.split("."), cfg)) for key in adapter_keys(type(cfg))}
+
+
+def adapter_hash(cfg) -> str:
+    return short_hash(adapter_settings(cfg))
+
+
+def adapter_hash_v1(cfg) -> str:
+    """Kept as it was written (train_metrics.json schema version 2); do not derive it from the schema."""
+    d = cfg.to_dict()
+    for k in ("resources", "name", "output_root", "eval"):
+        d.pop(k)
+    d["data"] = {k: v for k, v in d["data"].items() if k not in ("test", "max_test_examples", "synthetic_test_size")}
+    d["train_processes"] = cfg.resources.train_processes  # batch_size is per process
+    return short_hash(d)
