@@ -25,6 +25,7 @@ from hpcnli.model.loading import (
     load_saved_eval_model,
     load_tokenizer,
     save_eval_model,
+    stage_device,
     stage_dtype,
 )
 from hpcnli.model.memory import device_name, peak_memory, reset_peak_memory, resident_mb
@@ -64,7 +65,8 @@ def _weights_inputs(cfg, paths: RunPaths, model_kind: str) -> dict:
 
 
 def eval_model(cfg, paths: RunPaths, model_kind: str):
-    """The model a shard scores with, and where it came from ("loaded", "written" or "read").
+    """The model a shard scores with, where it came from ("loaded", "written" or "read"), and the seconds it
+    waited for another shard to write the weights.
 
     Dequantized 4-bit weights (eval.weights) are made once per model and run: the first shard quantizes
     the base to 4-bit, dequantizes it, merges the adapter and writes the result to the run's eval_weights/;
@@ -73,13 +75,15 @@ def eval_model(cfg, paths: RunPaths, model_kind: str):
     """
     adapter = paths.adapter if model_kind == "finetuned" else None
     if not (cfg.quantization.load_in_4bit and cfg.eval.weights == "dequantized") or cfg.task.scoring == "head":
-        return load_eval_model(cfg, adapter), "loaded"
+        return load_eval_model(cfg, adapter), "loaded", 0.0
     target, marker = paths.eval_weights(model_kind), paths.eval_weights_marker(model_kind)
     inputs = _weights_inputs(cfg, paths, model_kind)
     paths.eval_weights_root.mkdir(parents=True, exist_ok=True)
     # The lock only saves work (one shard writes, the others wait and read); correctness does not depend on it:
     # each writer stages its own directory and renames it into place whole.
+    t_wait = time.perf_counter()
     with work_saving_lock(paths.eval_weights_lock(model_kind)):
+        wait_s = time.perf_counter() - t_wait
         if _current(marker, inputs):
             source = "read"
         else:
@@ -89,7 +93,7 @@ def eval_model(cfg, paths: RunPaths, model_kind: str):
                 write_json(staging / marker.name, inputs)
         # Read back by the shard that wrote them too: every shard scores with the same tensors, laid out as
         # loading lays them out (a model just merged with its adapter scored 9x slower in bf16 on a CPU).
-        return load_saved_eval_model(cfg, target), source
+        return load_saved_eval_model(cfg, target), source, wait_s
 
 
 def _current(marker, inputs: dict) -> bool:
@@ -109,6 +113,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     examples = shard_examples(cfg, manifest, shard)
     log.info("%s model, shard %d/%d: %d examples", model_kind, shard, cfg.eval.num_shards, len(examples))
 
+    stage_device(cfg)  # one process, one GPU (or the CPU) as planned; refused before anything loads
     cfg = resolve_in_stage(cfg, "eval")
     import_model_libraries(cfg)
     rss_before = resident_mb()
@@ -116,14 +121,16 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     tokenizer = load_tokenizer(cfg)
     if model_kind == "finetuned" and not training_done(paths):
         raise StageError(f"no fine-tuned adapter in {paths.adapter}; the fine-tune stage must finish first")
-    model, weights_from = eval_model(cfg, paths, model_kind)
+    model, weights_from, wait_s = eval_model(cfg, paths, model_kind)
     model.eval()
     load_s = time.perf_counter() - t_load
 
     reset_peak_memory()
     t0 = time.perf_counter()
-    rows = predict(model, tokenizer, cfg, examples)
+    timing: dict = {}
+    rows = predict(model, tokenizer, cfg, examples, timing)
     runtime = time.perf_counter() - t0
+    warm_s, warm_n = timing.get("first_batch_s", 0.0), timing.get("first_batch_pairs", 0)
 
     write_jsonl(paths.shard_predictions(model_kind, shard), rows)
     metrics = ShardMetrics(
@@ -148,6 +155,10 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
         device=device_name(),
         memory=peak_memory(rss_before),
         memory_estimate=planned_estimate(paths, "eval"),
+        weights_wait_s=wait_s,
+        warmup_s=warm_s,
+        warmup_examples=warm_n,
+        steady_examples_per_s=(len(rows) - warm_n) / (runtime - warm_s) if len(rows) > warm_n else None,
         started_at=started,
         finished_at=datetime.now(timezone.utc).isoformat(),
         job=job or {},

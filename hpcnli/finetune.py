@@ -40,6 +40,7 @@ from hpcnli.model.loading import (
     load_base_model,
     load_tokenizer,
     narrow_output_layer,
+    stage_device,
     stage_dtype,
 )
 from hpcnli.model.memory import count_parameters, device_name, peak_memory, reset_peak_memory, resident_mb
@@ -191,6 +192,24 @@ def stop_requested(stop: StopRequest):
             signal.signal(s, handler)
 
 
+def memory_of_every_rank(accelerator, mine: dict) -> list[dict]:
+    """Every data-parallel rank's peaks, rank 0 first (ranks differ: their shares of a batch differ)."""
+    if accelerator.num_processes == 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([mine]))
+
+
+def peak_over_ranks(per_rank: list[dict]) -> dict:
+    """Each measure's largest value over the ranks (what a node must hold for its worst process)."""
+    out = dict(per_rank[0])
+    for k, v in out.items():
+        if isinstance(v, (int, float)):
+            out[k] = max(m.get(k, 0) for m in per_rank)
+    return out
+
+
 def agreed_stop(accelerator, stop: StopRequest) -> bool:
     """Whether any process was asked to stop: every data-parallel rank stops after the same step."""
     if accelerator.num_processes == 1:
@@ -325,8 +344,9 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopReque
     # cpu=True where there is no GPU: Accelerate then forms a gloo group of the processes a launcher started
     # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself (Accelerate
     # would step it once per process, for data loaders it shards; here each step is one global batch already).
+    device = stage_device(cfg, env.local_rank, env.local_world_size or 1)
     accelerator = Accelerator(
-        gradient_accumulation_steps=t.grad_accum, cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False
+        gradient_accumulation_steps=t.grad_accum, cpu=device.type == "cpu", step_scheduler_with_optimizer=False
     )
     train = load_split(cfg, "train")
     log.info(
@@ -344,6 +364,7 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopReque
 
     accelerator.wait_for_everyone()
     processes_per_node = env.local_world_size or accelerator.num_processes
+    per_rank = memory_of_every_rank(accelerator, peak_memory(trainee.rss_before_model_mb))
     metrics = TrainMetrics(
         schema_version=TrainMetrics.VERSION,
         train_examples=len(train.examples),
@@ -361,7 +382,8 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopReque
         best_loss=min(r["loss"] for r in losses) if losses else None,
         loss_curve=losses,
         parameters=trainee.params,
-        memory=peak_memory(trainee.rss_before_model_mb),
+        memory=peak_over_ranks(per_rank),
+        memory_per_rank=per_rank,
         memory_estimate=planned_estimate(paths, "finetune"),
         device=device_name(),
         dtype=dtype_name(stage_dtype(cfg.model.dtype, "train")),

@@ -170,6 +170,7 @@ class TrainMetrics(Record):
     gradient_checkpointing: bool | None = since(2)
     per_process_batch_size: int | None = since(2)
     inputs: dict | None = since(2)
+    memory_per_rank: list | None = since(3)  # each data-parallel rank's peaks; `memory` is their maximum
 
     @classmethod
     def unversioned_version(cls, data: dict) -> int:
@@ -182,7 +183,7 @@ class ShardMetrics(Record):
 
     Version 1 (unversioned files) had no test-set or adapter hash; some carry share_prefix and batch_tokens."""
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     NAME: ClassVar[str] = "shard metrics"
     OPTIONAL_IN_V1: ClassVar[frozenset] = frozenset(
         {"share_prefix", "batch_tokens", "memory_estimate", "test_content_hash", "adapter_sha256"}
@@ -211,6 +212,10 @@ class ShardMetrics(Record):
     memory_estimate: dict | None = since(2)
     test_content_hash: str | None = since(2)
     adapter_sha256: str | None = since(2)
+    weights_wait_s: float | None = since(3)  # waiting for another shard to write the eval weights (in load)
+    warmup_s: float | None = since(3)  # the first batch (kernel warm-up), within runtime_s
+    warmup_examples: int | None = since(3)
+    steady_examples_per_s: float | None = since(3)  # the batches after the first
 
     @classmethod
     def unversioned_version(cls, data: dict) -> int:

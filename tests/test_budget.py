@@ -193,20 +193,23 @@ def test_plan_over_the_memory_ceiling_is_refused_before_anything_runs(tmp_path, 
     assert "GiB" in proc.stderr and not (tmp_path / "run").exists()  # nothing planned, nothing run
 
 
-def test_auto_batches_on_several_gpus_need_a_ceiling(tmp_path):
-    """Each process would size "auto" from its own GPU's free memory; data-parallel processes must cut the same
-    batches, so the plan asks for resources.gpu_mem_gb instead."""
-    proc = plan(tmp_path, "resources.gpus_per_node=2", "train.batch_tokens=auto", check=False)
-    assert (
-        proc.returncode == 2
-        and "resources.gpu_mem_gb: train.batch_tokens or train.gradient_checkpointing is "
-        "'auto' with 2 training processes; set resources.gpu_mem_gb"
-        in proc.stderr
-    ), proc.stderr
-    assert not (tmp_path / "run").exists()
-    plan(tmp_path / "one", "resources.gpus_per_node=1", "train.batch_tokens=auto")  # one process: chosen in the stage
-    memory = read_json(RunPaths(tmp_path / "one" / "run").memory_plan)
-    assert memory["ceiling_bytes"] is None and "finetune" not in memory["stages"]
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_auto_training_batches_on_gpus_need_a_ceiling(tmp_path, gpus):
+    """The batches a run trains on are fixed when it is planned: each process (and a requeue onto another GPU type)
+    would size "auto" from its own GPU's free memory, so the plan asks for resources.gpu_mem_gb instead."""
+    for auto in ("train.batch_tokens=auto", "train.gradient_checkpointing=auto"):
+        proc = plan(tmp_path, f"resources.gpus_per_node={gpus}", auto, check=False)
+        assert (
+            proc.returncode == 2
+            and "resources.gpu_mem_gb: train.batch_tokens or train.gradient_checkpointing is "
+            f"'auto' on GPUs ({gpus} training process(es)); set resources.gpu_mem_gb"
+            in proc.stderr
+        ), proc.stderr
+        assert not (tmp_path / "run").exists()
+    plan(tmp_path / "fixed", f"resources.gpus_per_node={gpus}", "resources.gpu_mem_gb=40", "train.batch_tokens=auto")
+    memory = read_json(RunPaths(tmp_path / "fixed" / "run").memory_plan)
+    assert isinstance(load_config(RunPaths(tmp_path / "fixed" / "run").config).train.batch_tokens, int)
+    assert memory["stages"]["finetune"]["tokens_per_batch"] > 0
 
 
 def test_plan_over_gpu_mem_is_refused_before_slurm_sees_it(tmp_path, slurm_cluster):

@@ -158,6 +158,45 @@ def test_a_lost_rank_fails_the_job_and_resume_completes_it(slurm_cluster, tmp_pa
     assert all(paths.shard_predictions(m, s).is_file() for m in MODELS for s in range(2))
 
 
+def test_sigterm_to_one_rank_stops_both_at_one_checkpoint(slurm_cluster, tmp_path):
+    """The stop flag is agreed across ranks: SIGTERM to rank 1 alone stops both after the same step, rank 0 writes
+    that step's checkpoint before either exits (no --kill-on-bad-exit race), and --resume continues from it."""
+    run_dir = tmp_path / "term-rank"
+    paths = RunPaths(run_dir)
+    jobs = submit(
+        run_dir,
+        "train.max_steps=40",
+        "train.checkpoint_every=0",
+        "train.batch_size=4",
+        "resources.processes_per_node=2",
+        "resources.max_retries=0",
+        wait=False,
+    )
+    log_dir, deadline = paths.logs / str(jobs["finetune"]), time.time() + 600
+
+    def log() -> str:
+        return "".join(p.read_text() for p in log_dir.glob("*.out")) if log_dir.is_dir() else ""
+
+    while "step 3/40" not in log():
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.2)
+    pid = rank_pid(jobs["finetune"], rank=1)
+    assert pid is not None, "rank 1 of the fine-tune job is not running"
+    os.kill(pid, signal.SIGTERM)
+    wait_done([jobs["finetune"], jobs["reduce"]])
+    lines = [line for line in log().splitlines() if "stopped after step" in line]
+    stopped = {line.split("stopped after step ")[1].split(",")[0] for line in lines}
+    assert len(lines) >= 2 and len(stopped) == 1, log()[-3000:]  # both ranks stopped, after the same step
+    step = int(stopped.pop())
+    assert [p.name for p in paths.complete_checkpoints()] == [f"step_{step:07d}"] and 3 <= step < 40
+
+    run_cli("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
+    metrics = json.loads(paths.train_metrics.read_text())
+    assert metrics["restarts"] == 1 and metrics["steps"] == 40
+    assert [r["step"] for r in metrics["loss_curve"]] == list(range(1, 41))  # no step lost or doubled
+    assert len(metrics["memory_per_rank"]) == 2  # every rank's peak, not rank 0's alone
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

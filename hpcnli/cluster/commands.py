@@ -6,6 +6,7 @@ goes through these functions, which answer with plain values and never raise for
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from datetime import datetime
@@ -34,16 +35,29 @@ def partition_problem(partition: str) -> str | None:
     return None
 
 
+_GRES_ITEM = re.compile(r",(?![^(]*\))")  # commas between GRES, not those inside "(S:0,1)"
+
+
+def gpu_count(gres: str) -> int:
+    """GPUs in one node's GRES as sinfo prints it (%G): `gpu:4`, `gpu:h100:4(S:0-1)`, `gpu:a100:8(S:0,1)`,
+    several GRES (`gpu:a100:4,gpu:v100:2,nvme:1`), MIG profiles (`gpu:1g.10gb:7`: 7 GPUs to Slurm), `(null)`."""
+    total = 0
+    for item in _GRES_ITEM.split(gres.strip()):
+        parts = item.split("(")[0].split(":")
+        if parts[0] != "gpu":
+            continue
+        total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return total
+
+
 def partition_limits(partition: str) -> dict | None:
     """What one node of the partition offers and how many nodes it has (sinfo), or None without Slurm.
     {nodes, cpus (per node, the smallest), gpus (per node, the smallest)}."""
     out = _run("sinfo", "--noheader", "--partition", partition, "--format=%D|%c|%G")
     if out is None or out.returncode != 0 or not out.stdout.strip():
         return None
-    rows = [line.split("|") for line in out.stdout.split()]
-    gpus = [
-        sum(int(g.split(":")[-1].split("(")[0]) for g in gres.split(",") if g.startswith("gpu")) for _, _, gres in rows
-    ]
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
+    gpus = [gpu_count(gres) for _, _, gres in rows]
     return {
         "nodes": sum(int(n) for n, _, _ in rows),
         "cpus": min(int(c.rstrip("+")) for _, c, _ in rows),

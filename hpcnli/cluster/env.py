@@ -64,6 +64,11 @@ class JobEnvironment:
         return self._int("SLURM_PROCID") or self._int("RANK") or 0
 
     @property
+    def local_rank(self) -> int:
+        """This process's index on its node (torchrun's LOCAL_RANK, or Slurm's task on the node); 0 alone."""
+        return self._int("LOCAL_RANK") or self._int("SLURM_LOCALID") or 0
+
+    @property
     def local_world_size(self) -> int | None:
         """Training processes on this node, as torchrun or export_torch_distributed set them; None unknown."""
         return self._int("LOCAL_WORLD_SIZE")

@@ -19,13 +19,40 @@ def fast_bf16() -> bool:
     """bf16 matmuls beat fp32 on GPUs that have bf16 and on CPUs with AMX or AVX512-BF16 (377 against 139
     GFLOP/s on an AVX512-BF16 CPU); without them they are several times slower (57 against 260 GFLOP/s).
     Figures: bench/RESULTS.md, "Choosing the dtype"."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+    if torch.cuda.is_available():  # emulated bf16 (V100, T4) counts as supported by default, and is slow
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def stage_device(cfg, local_rank: int = 0, processes_per_node: int = 1) -> torch.device:
+    """The device a stage was planned for, or a refusal: a GPU where resources.gpus_per_node > 0 (this
+    process's: local rank r takes GPU r when it sees one per process, else the one GPU it was bound to), the
+    CPU otherwise, whatever the node has. A stage planned for GPUs never falls back to the CPU in silence,
+    and two processes of a node never share one GPU they both see."""
+    if cfg.resources.gpus_per_node == 0:
+        return torch.device("cpu")
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen == 0:
+        raise ModelError(
+            f"resources.gpus_per_node is {cfg.resources.gpus_per_node} but this process sees no GPU; ask Slurm for "
+            f"them (sbatch --gpus-per-node={cfg.resources.gpus_per_node} slurm/<stage>.sh, or --partition through "
+            "hpcnli.submit), or plan the run for CPUs (resources.gpus_per_node=0)"
+        )
+    if seen >= processes_per_node:
+        index = local_rank
+    elif seen == 1:  # Slurm bound each task to its own GPU (--gpus-per-task, --gpu-bind)
+        index = 0
+    else:
+        raise ModelError(
+            f"{processes_per_node} training processes on this node see {seen} GPUs; give each process one "
+            f"(resources.gpus_per_node={seen}, one process per GPU)"
+        )
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def stage_dtype(name: str, stage: str) -> torch.dtype:
@@ -149,8 +176,8 @@ def load_base_model(cfg, stage: str = "train", device_map=None):
         auto = AutoModelForSequenceClassification
         kwargs.update(num_labels=3, pad_token_id=load_tokenizer(cfg).pad_token_id)
         torch.manual_seed(cfg.train.seed)
-    if device_map is None and torch.cuda.is_available():
-        device_map = {"": torch.cuda.current_device()}  # quantize straight onto this process's GPU
+    if device_map is None and cfg.resources.gpus_per_node > 0:  # stage_device chose this process's GPU
+        device_map = {"": torch.cuda.current_device()}  # quantize straight onto it
     try:
         with quiet_loading():
             model = auto.from_pretrained(
@@ -274,7 +301,7 @@ def load_saved_eval_model(cfg, directory: Path, device_map=None):
     """An eval model save_eval_model wrote: the same weights, read back without quantizing again."""
     from transformers import AutoModelForCausalLM
 
-    if device_map is None and torch.cuda.is_available():
+    if device_map is None and cfg.resources.gpus_per_node > 0:  # stage_device chose this process's GPU
         device_map = {"": torch.cuda.current_device()}
     with quiet_loading():
         return AutoModelForCausalLM.from_pretrained(

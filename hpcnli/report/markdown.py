@@ -136,6 +136,16 @@ def _train_batch(train: TrainMetrics, cfg: dict) -> str:
     return f"{cfg['train']['batch_size']} pairs"  # version 1: runs before token budgets
 
 
+def _rank_spread(train: TrainMetrics) -> str:
+    """The largest rank's peak is shown; with several ranks, how far the others were below it."""
+    ranks = train.memory_per_rank or []
+    key = "gpu_peak_allocated_mb" if ranks and "gpu_peak_allocated_mb" in ranks[0] else "work_peak_rss_mb"
+    values = [m[key] for m in ranks if key in m]
+    if len(values) < 2:
+        return ""
+    return f" (the largest of {len(values)} ranks; smallest {min(values):,.0f} MB)"
+
+
 def _on_off(flag) -> str:
     return "n/a" if flag is None else ("on" if flag else "off")
 
@@ -157,7 +167,7 @@ def _cost(rep: Report) -> list[str]:
             f"{_train_batch(train, cfg)} per process, {_num(train.effective_batch_size, ',.1f')} pairs per "
             f"optimizer step, gradient checkpointing {_on_off(train.gradient_checkpointing)} |",
             f"| training loss | final {_num(train.final_loss, '.4f')}, best {_num(train.best_loss, '.4f')} |",
-            f"| training peak memory | {_mb(train.memory, train.memory_estimate)} |",
+            f"| training peak memory | {_mb(train.memory, train.memory_estimate)}{_rank_spread(train)} |",
             f"| parameters | {params['total']:,} total (4-bit weights counted unpacked), "
             f"{params['trainable']:,} trainable LoRA "
             f"({100 * params['trainable_share']:.2f}%) |",
@@ -175,19 +185,25 @@ def _cost(rep: Report) -> list[str]:
 
 
 def _jobs(rep: Report) -> list[str]:
+    # Shards since version 3 time their first batch (warm-up) and their wait for the eval weights apart.
+    split = all(s.steady_examples_per_s is not None for m in MODELS for s in rep.shards[m])
+    extra = (" steady examples/s | first batch s | weights wait s |", "---|---|---|") if split else ("", "")
     out = [
         "",
         "### Shards",
         "",
-        "| model | shard | examples | predict s | load s | examples/s | peak memory | node |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | shard | examples | predict s | load s | examples/s | peak memory | node |" + extra[0],
+        "|---|---|---|---|---|---|---|---|" + extra[1],
     ]
     for m in MODELS:
         for s in rep.shards[m]:
-            out.append(
+            row = (
                 f"| {m} | {s.shard} | {s.examples} | {s.runtime_s:.1f} | {s.model_load_s:.1f} | "
                 f"{_num(s.examples_per_s)} | {_mb(s.memory, s.memory_estimate)} | {s.job.get('node', 'n/a')} |"
             )
+            if split:
+                row += f" {_num(s.steady_examples_per_s)} | {_num(s.warmup_s)} | {_num(s.weights_wait_s)} |"
+            out.append(row)
     jobs = rep.slurm_jobs or {}
     if jobs:
         out += [

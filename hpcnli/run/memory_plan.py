@@ -188,12 +188,13 @@ def plan_memory(
     """Resolve "auto", estimate each stage, refuse what does not fit: (resolved config, memory plan).
     train_lengths: every training prompt's tokens (None when too many to tokenize at planning time)."""
     limit, key = ceiling(cfg)
-    if limit is None and cfg.resources.train_processes > 1 and _left_open(cfg, "finetune"):
-        # each process would size its batches from its own GPU's free memory, and they must cut the same batches
+    if limit is None and _left_open(cfg, "finetune"):
+        # The batches a run trains on are fixed when it is planned: sized in the job from free memory, each process,
+        # and a requeue onto another GPU type, would cut other batches under the same adapter's checkpoint.
         raise MemoryPlanError(
-            f"{key}: train.batch_tokens or train.gradient_checkpointing is 'auto' with "
-            f"{cfg.resources.train_processes} training processes; set {key} (the memory each "
-            "GPU may use) so that the plan chooses one budget for all of them"
+            f"{key}: train.batch_tokens or train.gradient_checkpointing is 'auto' on GPUs "
+            f"({cfg.resources.train_processes} training process(es)); set {key} (the memory each GPU may use, "
+            "e.g. 75 on an 80 GB card) so that the plan fixes the batches for every process and every requeue"
         )
     shape = model_shape(cfg, model_config)
     worst = worst_train_batch(cfg, train_lengths)

@@ -7,6 +7,7 @@ reuses that key/value cache (`eval.share_prefix`); same scores as whole prompts 
 from __future__ import annotations
 
 import logging
+import time
 from typing import cast
 
 import torch
@@ -165,11 +166,13 @@ def _whole_prompt_batches(prompts: list[list[int]], rule: BatchRule) -> list[lis
 
 
 @torch.inference_mode()
-def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
+def predict(model, tokenizer, cfg, examples: list[dict], timing: dict | None = None) -> list[dict]:
     """Label-word scoring in length-sorted batches (eval.batch_size pairs, or eval.batch_tokens tokens);
     rows come back in the examples' order.
 
     With eval.share_prefix, pairs that share a premise run the common start of their prompts once.
+    `timing`, when given, receives the first batch's seconds and pairs (kernel warm-up and caches filling
+    show there, apart from the steady throughput of the rest).
     """
     if cfg.task.scoring == "head":
         return predict_with_pipeline(model, tokenizer, cfg, examples)
@@ -189,9 +192,11 @@ def predict(model, tokenizer, cfg, examples: list[dict]) -> list[dict]:
                 yield rows, answer_logits(model, input_ids.to(device), mask.to(device))
 
     scores: list = [None] * len(prompts)
-    done = 0
+    done, t0 = 0, time.perf_counter()
     for b, (rows, logits) in enumerate(batches()):
-        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, label_ids.to(device)].cpu()
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, label_ids.to(device)].cpu()  # waits for the device
+        if b == 0 and timing is not None:
+            timing.update(first_batch_s=time.perf_counter() - t0, first_batch_pairs=len(rows))
         for row, i in enumerate(rows):
             scores[i] = logprobs[row].tolist()
         done += len(rows)
