@@ -49,7 +49,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     print("| run | stage | speed | load s | peak memory |\n|---|---|---|---|---|")
     for item in args.runs:
-        if item.endswith(".json"):
+        if not Path(item).exists():  # a step that failed (gpu_check.sh's steps.txt says which): the rest still shows
+            print(f"| {Path(item).name} | not run | see steps.txt | | |")
+        elif item.endswith(".json"):
             r = read_json(Path(item))
             peak = (
                 f"{r['peak_gpu_allocated_mb'] / 1024:.1f} GB allocated"
@@ -62,7 +64,10 @@ def main(argv=None) -> int:
                 f"{r['load_s']:.1f} | {peak} |"
             )
         else:
-            print("\n".join(run_rows(RunPaths(item))))
+            try:
+                print("\n".join(run_rows(RunPaths(Path(item)))))
+            except (OSError, ValueError, KeyError, ZeroDivisionError) as e:
+                print(f"| {Path(item).name} | incomplete ({e.__class__.__name__}: {e}) | see steps.txt | | |")
     return 0
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from datetime import datetime, timezone
+
+from safetensors import SafetensorError
 
 from hpcnli.cluster.env import JobEnvironment
 from hpcnli.config import load_config
@@ -33,7 +36,7 @@ from hpcnli.records import ShardMetrics
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import MODELS, RunPaths
 from hpcnli.run.stages import Stage
-from hpcnli.run.state import adapter_sha256, test_set_changed, training_done
+from hpcnli.run.state import adapter_sha256, file_sha256, test_set_changed, training_done
 from hpcnli.scoring.engine import predict
 
 log = logging.getLogger("hpcnli.evaluate")
@@ -85,15 +88,16 @@ def eval_model(cfg, paths: RunPaths, model_kind: str):
     with work_saving_lock(paths.eval_weights_lock(model_kind)):
         wait_s = time.perf_counter() - t_wait
         if _current(marker, inputs):
-            source = "read"
-        else:
-            source = "written"
-            with directory_aside(target) as staging:
-                save_eval_model(load_eval_model(cfg, adapter), staging)
-                write_json(staging / marker.name, inputs)
+            try:
+                return load_saved_eval_model(cfg, target), "read", wait_s
+            except (OSError, SafetensorError) as e:  # truncated or damaged since: made again, not read for ever
+                log.warning("eval weights in %s are unreadable (%s); writing them again", target, e)
+        with directory_aside(target) as staging:
+            save_eval_model(load_eval_model(cfg, adapter), staging)
+            write_json(staging / marker.name, inputs)
         # Read back by the shard that wrote them too: every shard scores with the same tensors, laid out as
         # loading lays them out (a model just merged with its adapter scored 9x slower in bf16 on a CPU).
-        return load_saved_eval_model(cfg, target), source, wait_s
+        return load_saved_eval_model(cfg, target), "written", wait_s
 
 
 def _current(marker, inputs: dict) -> bool:
@@ -130,9 +134,15 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     timing: dict = {}
     rows = predict(model, tokenizer, cfg, examples, timing)
     runtime = time.perf_counter() - t0
+    broken = [r["id"] for r in rows if not all(math.isfinite(s) for s in r["scores"])]
+    if broken:
+        raise StageError(
+            f"{model_kind} model: {len(broken)} of {len(rows)} pairs scored not finite (first: {broken[0]}); "
+            "the model's weights hold NaN or inf (a diverged fine-tune?); nothing written for this shard"
+        )
     warm_s, warm_n = timing.get("first_batch_s", 0.0), timing.get("first_batch_pairs", 0)
 
-    write_jsonl(paths.shard_predictions(model_kind, shard), rows)
+    write_jsonl(paths.shard_predictions(model_kind, shard), rows)  # first; the metrics then name its sha256
     metrics = ShardMetrics(
         schema_version=ShardMetrics.VERSION,
         model=model_kind,
@@ -156,6 +166,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
         memory=peak_memory(rss_before),
         memory_estimate=planned_estimate(paths, "eval"),
         weights_wait_s=wait_s,
+        predictions_sha256=file_sha256(paths.shard_predictions(model_kind, shard)),
         warmup_s=warm_s,
         warmup_examples=warm_n,
         steady_examples_per_s=(len(rows) - warm_n) / (runtime - warm_s) if len(rows) > warm_n else None,

@@ -280,6 +280,11 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
         for b, batch in enumerate(batches[first:], start=first):
             idx = batch[rank::n_proc]  # this process's share; DDP averages the shares' gradients
             window.append(train_step(cfg, accelerator, model, optimizer, scheduler, trainee, idx, trainable))
+            if not math.isfinite(window[-1]):  # every rank sees the same (all-reduced) loss, so all stop here
+                raise UserFacingError(
+                    f"the training loss is {window[-1]} at step {state['step'] + 1}: the fine-tune diverged "
+                    f"(train.learning_rate {t.learning_rate}); lower train.learning_rate and start a new run"
+                )
             state["seen"] += len(batch)
             state["tokens"] += sum(lengths[i] for i in batch)
             if not accelerator.sync_gradients:

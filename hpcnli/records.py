@@ -216,6 +216,7 @@ class ShardMetrics(Record):
     warmup_s: float | None = since(3)  # the first batch (kernel warm-up), within runtime_s
     warmup_examples: int | None = since(3)
     steady_examples_per_s: float | None = since(3)  # the batches after the first
+    predictions_sha256: str | None = since(3)  # ties the predictions file to these metrics
 
     @classmethod
     def unversioned_version(cls, data: dict) -> int:

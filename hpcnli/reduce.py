@@ -50,14 +50,14 @@ def _pick(ids: list[str], n: int, salt: str) -> list[str]:
 
 def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> Report:
     manifest = read_json(paths.test_manifest)
-    predictions, shard_metrics, problems = collect(paths, cfg, manifest)
     test = load_split(cfg, "test")
+    predictions, shard_metrics, problems = collect(paths, cfg, manifest, test)
     changed = test_set_changed(test, manifest)
     if changed:  # gold labels and texts would not be the ones the models were scored on
         problems.append(
             {"model": "both", "shard": None, "examples": len(manifest["ids"]), "problem": changed, "file": test.source}
         )
-    train_why = training_problem(cfg, paths, need_adapter=False)
+    train_why = training_problem(cfg, paths)  # the adapter the fine-tuned shards were scored with is still there
     if train_why:
         problems.append(
             {
@@ -85,7 +85,8 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> Report:
         return Report(**base, complete=False, problems=problems, missing_examples=missing)
 
     ids = manifest["ids"]
-    gold = [predictions["base"][i]["gold"] for i in ids]
+    labels = {e["id"]: e["label"] for e in test.examples}
+    gold = [labels[i] for i in ids]  # the planned test set's labels (each shard's were checked against them)
     models = {}
     for model in MODELS:
         pred = [predictions[model][i]["pred"] for i in ids]

@@ -12,10 +12,13 @@ from pathlib import Path
 from hpcnli.cluster.commands import job_states
 from hpcnli.config import load_config
 from hpcnli.errors import run_command
+from hpcnli.io import RunFileError
+from hpcnli.records import Report
 from hpcnli.run.ledger import SubmissionLedger
+from hpcnli.run.lock import lock_is_held
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.stages import STAGES
-from hpcnli.run.state import progress_line
+from hpcnli.run.state import remaining_work
 
 
 def print_submissions(ledger: SubmissionLedger) -> None:
@@ -33,12 +36,43 @@ def print_submissions(ledger: SubmissionLedger) -> None:
                 print(f"  {stage.name:<10} job {v}: {states.get(str(v), '?')}")
 
 
+def validity_lines(cfg, paths: RunPaths) -> list[str]:
+    """What is valid and current (the checks the reducer makes), not what exists; and whether a submit is at
+    work on the run now (it holds the run's lock: the local executor, or a submit still queueing)."""
+    work = remaining_work(cfg, paths)
+    busy = "; a submit is working on it now" if lock_is_held(paths) else ""
+    lines = []
+    for s in STAGES:
+        if s.gathers:
+            continue
+        todo, total = work.todo(s), len(s.tasks(cfg))
+        state = "valid" if not todo else (f"{total - len(todo)}/{total} valid" if s.sharded else "to do")
+        lines.append(f"{s.name:<10} {state}" + (f" (to do: {todo})" if s.sharded and todo else ""))
+    lines += [f"  why: {why}" for why in work.why]
+    if not paths.report_json.is_file():
+        report = "not written"
+    else:
+        try:
+            rep = Report.read(paths.report_json)
+        except RunFileError as e:
+            report = f"unreadable ({e})"
+        else:
+            if not rep.complete:
+                report = f"incomplete ({len(rep.problems)} problem(s))"
+            elif work.before_gathering():
+                report = "stale: outputs changed since it was written; complete the run with --resume"
+            else:
+                report = "complete and current"
+    return lines + [f"report     {report}{busy}"]
+
+
 def show(run_dir: str) -> int:
     paths = RunPaths(Path(run_dir))
     if not paths.config.is_file():
         print(f"hpcnli.status: {run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
         return 2
-    print(f"run {paths.run_dir}\n{progress_line(load_config(paths.config), paths)}")
+    print(f"run {paths.run_dir}")
+    print("\n".join(validity_lines(load_config(paths.config), paths)))
     ledger = SubmissionLedger(paths)
     if ledger.exists():
         print_submissions(ledger)

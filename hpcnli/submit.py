@@ -10,6 +10,7 @@ Everything that can be checked is checked here, before anything runs or is queue
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -28,12 +29,13 @@ from hpcnli.run.planning import PlanError, check_resumable, create_once, create_
 from hpcnli.run.stages import Work
 from hpcnli.run.state import remaining_work
 
+DEFAULT_CONFIG = "jobs/default.yaml"
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="jobs/default.yaml", help="YAML run config (default: %(default)s)")
+    p.add_argument("--config", default=None, help=f"YAML run config (default: {DEFAULT_CONFIG})")
     p.add_argument(
         "--executor",
         choices=("local", "slurm"),
@@ -58,6 +60,14 @@ def parse_args(argv=None):
         args.executor = "slurm" if args.partition else "local"
     if args.force and not args.resume:
         p.error("--force goes with --resume RUN_DIR")
+    given = [
+        flag
+        for flag, value in (("--config", args.config), ("--name", args.name), ("--run-dir", args.run_dir))
+        if value is not None
+    ]
+    if args.resume and given:  # nothing given is silently ignored
+        p.error(f"--resume keeps the run's own config and directory; {', '.join(given)} cannot go with it")
+    args.config = args.config or DEFAULT_CONFIG
     return args
 
 
@@ -82,10 +92,10 @@ def prepare(args) -> tuple[RunConfig, RunPaths, Work]:
             f"resources.nodes: {cfg.resources.nodes} nodes need Slurm (--partition); the local executor "
             "runs on this machine only"
         )
+    if args.executor == "local" and not args.plan_only:
+        check_local_cpus(cfg)
     if args.resume:
         check_resumable(cfg, paths)
-        if args.force:  # the fine-tune stage keeps a complete, current adapter unless told otherwise
-            paths.train_metrics.unlink(missing_ok=True)
         return cfg, paths, remaining_work(cfg, paths, args.force)
     if args.name is not None and not RUN_NAME.fullmatch(args.name):
         raise PlanError(
@@ -96,6 +106,17 @@ def prepare(args) -> tuple[RunConfig, RunPaths, Work]:
     paths = create_run(cfg, Path(args.run_dir) if args.run_dir else Path(cfg.output_root) / name)
     cfg = load_config(paths.config)  # as planned: "auto" batches and checkpointing resolved
     return cfg, paths, remaining_work(cfg, paths)
+
+
+def check_local_cpus(cfg: RunConfig) -> None:
+    """The local executor runs the fine-tune's processes here: they must not ask for more CPUs than it has."""
+    cpus = cfg.resources.train_processes_per_node * cfg.resources.cpus_per_task
+    if cpus > (os.cpu_count() or 1):
+        raise PlanError(
+            f"resources.cpus_per_task: {cfg.resources.train_processes_per_node} training process(es) x "
+            f"{cfg.resources.cpus_per_task} CPUs = {cpus}, but this machine has {os.cpu_count()}; lower them "
+            "(the local executor runs here)"
+        )
 
 
 def print_plan(paths: RunPaths) -> None:
@@ -115,6 +136,8 @@ def start(args) -> int:
     cfg, paths, work = prepare(args)
     resume = f"python -m hpcnli.submit --resume {paths.run_dir}"
     with RunLock(paths) as lock:
+        if args.force:  # only now, with every check passed and the run held: the fine-tune keeps a complete,
+            paths.train_metrics.unlink(missing_ok=True)  # current adapter unless its metrics are gone
         print(
             f"run directory: {paths.run_dir}\n"
             f"to do: finetune={'yes' if work.finetune else 'done'}, base shards {work.shards('base')}, "

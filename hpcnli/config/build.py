@@ -9,6 +9,7 @@ validator of our own on every field anyway."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -54,7 +55,9 @@ def convert(value: Any, tp: Any) -> Any:
     if tp not in (int, float, str, bool):
         raise TypeError(f"unsupported annotation {tp}")
     if tp is float and (_is(value, int) or (isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()))):
-        return float(value)
+        value = float(value)
+    if tp is float and _is(value, float) and not math.isfinite(value):  # .inf, .nan, 1e400
+        raise _WrongType(f"expected a finite number, got {value!r}")
     if tp is str and (_is(value, int) or _is(value, float)):
         return str(value)
     if _is(value, tp):

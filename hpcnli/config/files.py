@@ -83,8 +83,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
+    def compose_node(self, parent, index):
+        """No aliases: a 1 KB file of nested aliases expands to billions of values (a "YAML bomb")."""
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                [
+                    f"line {event.start_mark.line + 1}: alias *{event.anchor}: configs take no YAML aliases; "
+                    "write the value out"
+                ]
+            )
+        return super().compose_node(parent, index)
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a larger file is no config
+
 
 def read_yaml(path: Path, source: str) -> Any:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [f"{path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,} (see jobs/*.yaml)"], source
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

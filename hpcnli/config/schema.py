@@ -259,7 +259,18 @@ class RunConfig:
             lambda v: f"{v!r} must be letters, digits, '-' or '_' (it names a directory)",
         ),
     )
-    output_root: str = setting("results", shapes_adapter=False)
+    # where run directories are made (relative: to the directory submit runs in)
+    output_root: str = setting(
+        "results",
+        shapes_adapter=False,
+        check=(
+            require(lambda v: v.strip() != "", "empty; name a directory for the runs, e.g. results"),
+            require(
+                lambda v: not v.startswith("~"),
+                lambda v: f"{v!r}: '~' is not expanded here (it would name a directory '~'); write the full path",
+            ),
+        ),
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

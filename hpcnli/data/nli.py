@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from hpcnli.errors import UserFacingError
 
 LABELS = ("entailment", "neutral", "contradiction")
 STANFORD_LABELS = {name: i for i, name in enumerate(LABELS)}
+
+
+def visible(text) -> bool:
+    """Text that shows something: not only spaces, controls (NUL), format characters (U+200B, U+2060, U+FEFF)."""
+    return isinstance(text, str) and any(
+        not (c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp", "Cs", "Co", "Cn")) for c in text
+    )
+
+
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -80,10 +90,15 @@ def _load_file(path: Path):
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FILE_FORMATS)}")
     if path.suffix == ".jsonl":
         _check_jsonl(path)
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a local file reads in a moment: its "Generating train split" bar is noise
     try:
         return datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files
         raise DataError(f"{path}: could not be read as {fmt}: {e}") from None
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
 
 
 def _rows_from_columns(ds, where: str, id_prefix: str) -> tuple[list[dict], int]:
@@ -126,10 +141,10 @@ def _rows_from_columns(ds, where: str, id_prefix: str) -> tuple[list[dict], int]
                     "1 neutral, 2 contradiction, -1 no gold label"
                 )
         p, h = r[premise], r[hypothesis]
-        if not isinstance(p, str) or not p.strip():
-            raise DataError(f"{where}: row {i + 1}: empty or missing premise")
-        if not isinstance(h, str) or not h.strip():
-            raise DataError(f"{where}: row {i + 1}: empty or missing hypothesis")
+        if not visible(p):
+            raise DataError(f"{where}: row {i + 1}: empty or missing premise (no visible character)")
+        if not visible(h):
+            raise DataError(f"{where}: row {i + 1}: empty or missing hypothesis (no visible character)")
         ex_id = str(r["pairID"]) if stanford and r.get("pairID") else f"{id_prefix}-{i:06d}"
         rows.append({"id": ex_id, "premise": p, "hypothesis": h, "label": gold})
     return rows, dropped

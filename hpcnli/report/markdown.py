@@ -68,7 +68,8 @@ def _headline(rep: Report, plots: list[tuple[str, str]]) -> list[str]:
         out += ["> **Synthetic data.** This run uses the project's generated NLI set (templates), not SNLI.", ""]
     out += [
         f"Model `{cfg['model']['name_or_path']}`, {base} base + LoRA r={cfg['lora']['r']}; "
-        f"test set `{ts['source']}`, {ts['examples']:,} examples ({ts['dropped']} without gold label dropped).",
+        f"test set `{ts['source']}`, {ts['examples']:,} examples ({ts['dropped']} without gold label dropped)."
+        + (f" {ts['train_overlap']:,} of them are also training pairs." if "train_overlap" in ts else ""),
         "",
         "## Did fine-tuning help?",
         "",

@@ -15,6 +15,19 @@ class RunLocked(UserFacingError, RuntimeError):
     pass
 
 
+def lock_is_held(paths: RunPaths) -> bool:
+    """Whether another process holds the run's lock now (a submit, or a stage it started), without waiting."""
+    if not paths.lock.is_file():
+        return False
+    with open(paths.lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 class RunLock:
     """An exclusive flock while this process works on the run, plus a check for queued Slurm jobs.
 

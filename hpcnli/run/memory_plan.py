@@ -78,6 +78,9 @@ def _resolve_eval(cfg: RunConfig, shape, limit: float) -> RunConfig:
     return cfg if budget is None else dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_tokens=budget))
 
 
+MAX_SCANNED_EPOCHS = 50  # beyond this many epochs the plan takes an upper bound instead of cutting every batch
+
+
 def worst_train_batch(cfg: RunConfig, lengths: list[int] | None) -> int:
     """The most padded tokens one process's micro-batch of batch_size pairs holds over the run's epochs, cut as
     the fine-tune cuts them (lengths: every training prompt's); batch_size x task.max_length when unknown."""
@@ -87,6 +90,8 @@ def worst_train_batch(cfg: RunConfig, lengths: list[int] | None) -> int:
     rule = BatchRule(rows=t.batch_size * procs, ways=procs)
     first = global_batches(lengths, rule, t.seed, 0, t.group_by_length)
     epochs = t.epochs if t.max_steps <= 0 else math.ceil(t.max_steps * t.grad_accum / max(1, len(first))) + 1
+    if epochs > MAX_SCANNED_EPOCHS:  # planning stays quick: the bound a batch of the longest prompts would hold
+        return t.batch_size * max(lengths)
     return max(
         batch_tokens(b[r::procs], lengths)
         for e in range(epochs)

@@ -58,7 +58,23 @@ def check_model(cfg: RunConfig):
         empty = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     check_target_modules(empty, cfg.lora.target_modules)
     check_top_layers(config, cfg.lora.top_layers)
+    check_output_layer_untargeted(cfg, empty)
     return tokenizer, config
+
+
+def check_output_layer_untargeted(cfg: RunConfig, empty) -> None:
+    """With train.loss 'labels' the fine-tune narrows the output layer to the 3 label words' rows
+    (model.loading.narrow_output_layer), so LoRA on that layer would train nothing the plan promised."""
+    if cfg.task.scoring == "head" or cfg.train.loss != "labels":
+        return
+    output = empty.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, module in empty.named_modules() if module is output}
+    hit = sorted(names & set(cfg.lora.target_modules))
+    if hit:
+        raise PlanError(
+            f"lora.target_modules: {hit[0]} is the output layer, which train.loss 'labels' narrows to the 3 label "
+            "words; leave it out, or use train.loss=vocab"
+        )
 
 
 # Above this many pairs the plan takes task.max_length as every prompt's length instead of tokenizing them all.
@@ -118,6 +134,13 @@ def create_run(cfg: RunConfig, run_dir: Path) -> RunPaths:
         raise PlanError(f"data.train: {len(train.examples)} pairs for {processes} training processes; each needs one")
     if len({e["id"] for e in test.examples}) != len(test.examples):
         raise PlanError(f"data.test: {test.source} has duplicated example ids")
+    overlap = train_test_overlap(train.examples, test.examples)
+    if overlap == len(test.examples):
+        raise PlanError(
+            f"data.test: all {overlap} of its pairs are also training pairs (data.train, by premise and hypothesis, "
+            "whatever the paths); a test of the fine-tuned model on them measures memory; choose another test set, "
+            "or hold test pairs out with data.holdout and data.test: holdout"
+        )
     tokenizer, config = check_model(cfg)
     train_lengths, test_lengths = prompt_lengths(tokenizer, cfg, train), prompt_lengths(tokenizer, cfg, test)
     cfg, memory = plan_memory(cfg, config, train_lengths, max(test_lengths) if test_lengths else cfg.task.max_length)
@@ -144,6 +167,7 @@ def create_run(cfg: RunConfig, run_dir: Path) -> RunPaths:
             "dropped": test.dropped,
             "ids_hash": test.ids_hash,
             "content_hash": test.content_hash,
+            "train_overlap": overlap,
             "ids": [e["id"] for e in test.examples],
         },
     )
@@ -186,6 +210,16 @@ def slurm_problem(cfg: RunConfig) -> str | None:
             "CPUs (sinfo); lower cpus_per_task or the processes per node"
         )
     return None
+
+
+def _pair_key(example: dict) -> tuple[str, str]:
+    return (" ".join(example["premise"].split()).casefold(), " ".join(example["hypothesis"].split()).casefold())
+
+
+def train_test_overlap(train: list[dict], test: list[dict]) -> int:
+    """Test pairs that are also training pairs, by content (premise and hypothesis, spacing and case aside)."""
+    seen = {_pair_key(e) for e in train}
+    return sum(_pair_key(e) in seen for e in test)
 
 
 def check_resumable(cfg: RunConfig, paths: RunPaths) -> None:

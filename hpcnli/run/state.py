@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 from hpcnli.data.nli import load_split, shard_bounds
 from hpcnli.io import RunFileError, read_json
@@ -19,15 +20,16 @@ from hpcnli.run.paths import MODELS, RunPaths
 from hpcnli.run.stages import EVAL_STAGES, FINETUNE, REDUCE, STAGES, Work
 
 
-def adapter_sha256(paths: RunPaths) -> str | None:
-    weights = paths.adapter_weights
-    if not weights.is_file():
-        return None
+def file_sha256(path) -> str:
     digest = hashlib.sha256()
-    with open(weights, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def adapter_sha256(paths: RunPaths) -> str | None:
+    return file_sha256(paths.adapter_weights) if paths.adapter_weights.is_file() else None
 
 
 def test_set_changed(test, manifest: dict) -> str | None:
@@ -46,9 +48,9 @@ def training_done(paths: RunPaths) -> bool:
     return paths.adapter_config.is_file() and paths.adapter_weights.is_file() and paths.train_metrics.is_file()
 
 
-def training_problem(cfg, paths: RunPaths, need_adapter: bool = True) -> str | None:
+def training_problem(cfg, paths: RunPaths) -> str | None:
     """Why the fine-tune must run (again), or None: outputs missing or corrupt, or trained on other inputs."""
-    if need_adapter and not training_done(paths):
+    if not training_done(paths):
         return f"no complete adapter and train_metrics.json in {paths.run_dir}"
     if not paths.train_metrics.is_file():
         return f"no {paths.train_metrics.name}"
@@ -78,7 +80,9 @@ def check_shard(
     paths: RunPaths, cfg, model: str, shard: int, expected_ids: list[str], expected: dict
 ) -> tuple[list[dict], ShardMetrics | None, str | None]:
     """The shard's rows, or the reason the shard is unusable. `expected`: the test set's content hash and
-    the current adapter's sha256, as the shard must have recorded them."""
+    the current adapter's sha256, as the shard must have recorded them, and the test set's gold labels by id.
+    A shard counts only as evidence tied together: its predictions file is the one its metrics describe, each
+    prediction is its scores' argmax, each gold label is the test set's."""
     pred_file, metrics_file = paths.shard_predictions(model, shard), paths.shard_metrics(model, shard)
     if not pred_file.is_file() or not metrics_file.is_file():
         return [], None, "missing"
@@ -91,6 +95,15 @@ def check_shard(
     problem = _shard_metrics_problem(cfg, model, shard, metrics, expected)
     if problem:
         return [], None, problem
+    if metrics.predictions_sha256 is not None and metrics.predictions_sha256 != file_sha256(pred_file):
+        return (
+            [],
+            None,
+            (
+                f"{pred_file.name} is not the file its metrics describe (sha256 {file_sha256(pred_file)}, recorded "
+                f"{metrics.predictions_sha256}): replaced or edited since it was written"
+            ),
+        )
     for i, r in enumerate(rows):
         if not (
             isinstance(r, dict)
@@ -100,6 +113,17 @@ def check_shard(
             and len(r["scores"]) == 3
         ):
             return [], None, f"row {i + 1} does not have id, gold, pred in 0..2 and 3 scores"
+        scores = r["scores"]
+        if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores):
+            return [], None, f"row {i + 1} ({r['id']}): scores {scores} are not all finite numbers"
+        if r["pred"] != max(range(3), key=scores.__getitem__):
+            return [], None, f"row {i + 1} ({r['id']}): pred {r['pred']} is not the argmax of its scores {scores}"
+        if r["id"] in expected["gold"] and r["gold"] != expected["gold"][r["id"]]:
+            return (
+                [],
+                None,
+                (f"row {i + 1} ({r['id']}): gold {r['gold']}, but the test set's label is {expected['gold'][r['id']]}"),
+            )
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         return [], None, f"{len(ids) - len(set(ids))} duplicated example id(s)"
@@ -136,10 +160,16 @@ def _shard_metrics_problem(cfg, model: str, shard: int, metrics: ShardMetrics, e
     return None
 
 
-def collect(paths: RunPaths, cfg, manifest: dict) -> tuple[dict, dict[str, list[ShardMetrics]], list[dict]]:
-    """Predictions by model and id, shard metrics, and the problems found (empty when complete)."""
+def collect(paths: RunPaths, cfg, manifest: dict, test=None) -> tuple[dict, dict[str, list[ShardMetrics]], list[dict]]:
+    """Predictions by model and id, shard metrics, and the problems found (empty when complete). `test`: the
+    test split, when the caller has loaded it."""
     ids = manifest["ids"]
-    expected = {"test_content_hash": manifest.get("content_hash"), "adapter_sha256": adapter_sha256(paths)}
+    test = test if test is not None else load_split(cfg, "test")
+    expected = {
+        "test_content_hash": manifest.get("content_hash"),
+        "adapter_sha256": adapter_sha256(paths),
+        "gold": {e["id"]: e["label"] for e in test.examples},
+    }
     predictions: dict = {m: {} for m in MODELS}
     shard_metrics: dict[str, list[ShardMetrics]] = {m: [] for m in MODELS}
     problems = []

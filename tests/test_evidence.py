@@ -1,0 +1,245 @@
+"""Nothing complete is wrong (issue 24, the families done so far): the reducer counts only evidence that is tied
+together, non-finite numbers stop a run, a refused command changes no file, nothing given is ignored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import ROOT, copy_run, run_cli
+from hpcnli.config import load_config
+from hpcnli.data.nli import visible
+from hpcnli.run.paths import RunPaths
+from hpcnli.run.state import remaining_work
+from test_trust import one_line_error
+
+SMOKE = ROOT / "jobs" / "smoke.yaml"
+
+
+def reduce_problems(p: RunPaths) -> str:
+    proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
+    assert proc.returncode == 1 and not json.loads(p.report_json.read_text())["complete"], proc.stderr
+    return proc.stderr
+
+
+def test_swapped_predictions_are_refused(smoke_run, tmp_path):
+    """Swapping base and fine-tuned predictions files flipped the difference's sign in a complete report."""
+    p = copy_run(smoke_run, tmp_path / "swap")
+    base, tuned = p.shard_predictions("base", 0), p.shard_predictions("finetuned", 0)
+    held = base.read_bytes()
+    base.write_bytes(tuned.read_bytes())
+    tuned.write_bytes(held)
+    err = reduce_problems(p)
+    assert "base shard 0 (12 examples): shard_0000.jsonl is not the file its metrics describe" in err
+    assert "finetuned shard 0 (12 examples): shard_0000.jsonl is not the file its metrics describe" in err
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda r: {**r, "gold": (r["gold"] + 1) % 3}, "but the test set's label is"),
+        (lambda r: {**r, "pred": (r["pred"] + 1) % 3}, "is not the argmax of its scores"),
+        (lambda r: {**r, "scores": [float("nan"), 0.0, 0.0]}, "are not all finite numbers"),
+    ],
+    ids=["gold", "pred", "nan"],
+)
+def test_an_edited_row_is_refused_even_with_a_matching_hash(smoke_run, tmp_path, edit, message):
+    """A hand-edited shard whose metrics were edited to match (the hash check passes) is still refused."""
+    p = copy_run(smoke_run, tmp_path / "edit")
+    pred_file, metrics_file = p.shard_predictions("base", 1), p.shard_metrics("base", 1)
+    rows = [json.loads(line) for line in pred_file.read_text().splitlines()]
+    rows[0] = edit(rows[0])
+    pred_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = json.loads(metrics_file.read_text())
+    metrics.pop("predictions_sha256")  # as a version-2 shard, which recorded none
+    metrics["schema_version"] = 2
+    metrics = {
+        k: v
+        for k, v in metrics.items()
+        if k not in ("weights_wait_s", "warmup_s", "warmup_examples", "steady_examples_per_s")
+    }
+    metrics_file.write_text(json.dumps(metrics))
+    assert message in reduce_problems(p)
+
+
+def test_empty_train_metrics_is_not_an_older_run(smoke_run, tmp_path):
+    p = copy_run(smoke_run, tmp_path / "empty")
+    p.train_metrics.write_text("{}")
+    assert "not a train_metrics.json of version 1 (missing adapter_bytes" in reduce_problems(p)
+    work = remaining_work(load_config(p.config), p)
+    assert work.finetune and "train_metrics.json is unreadable" in work.why[0]
+
+
+def test_deleted_adapter_is_no_complete_report(smoke_run, tmp_path):
+    p = copy_run(smoke_run, tmp_path / "no-adapter")
+    shutil.rmtree(p.adapter)
+    assert "fine-tune: no complete adapter and train_metrics.json" in reduce_problems(p)
+
+
+def test_truncated_eval_weights_are_written_again(smoke_run, tmp_path):
+    p = copy_run(smoke_run, tmp_path / "weights")
+    run_cli("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "0")
+    weights = p.eval_weights("base") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    run_cli("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "1")
+    assert json.loads(p.shard_metrics("base", 1).read_text())["weights_from"] == "written"
+    run_cli("hpcnli.reduce", p.run_dir)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.learning_rate=.inf", "train.learning_rate=1e400", "train.weight_decay=.inf", "train.warmup_ratio=.nan"],
+)
+def test_no_float_key_accepts_a_non_finite_value(tmp_path, override):
+    proc = run_cli(
+        "hpcnli.submit", "--config", SMOKE, "--plan-only", "--run-dir", tmp_path / "r", override, check=False
+    )
+    one_line_error(proc, 2, f"{override.split('=')[0]}: expected a finite number")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_diverged_fine_tune_stops_with_one_line(tmp_path):
+    proc = run_cli(
+        "hpcnli.submit",
+        "--config",
+        SMOKE,
+        "--run-dir",
+        tmp_path / "r",
+        "train.learning_rate=1e6",
+        "train.max_steps=6",
+        check=False,
+    )
+    assert proc.returncode == 1
+    log = (tmp_path / "r" / "logs" / "finetune.log").read_text()
+    assert "the fine-tune diverged (train.learning_rate 1000000.0); lower train.learning_rate" in log, log[-2000:]
+    assert "Traceback" not in log and "INCOMPLETE" in RunPaths(tmp_path / "r").report_md.read_text()
+
+
+def test_a_refused_force_deletes_nothing(smoke_run, tmp_path):
+    """--resume --force on a run in use is refused, and the complete run stays complete."""
+    import fcntl
+
+    p = copy_run(smoke_run, tmp_path / "busy")
+    before = p.train_metrics.read_bytes()
+    with open(p.lock, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = run_cli("hpcnli.submit", "--resume", p.run_dir, "--force", check=False)
+    one_line_error(proc, 2, "is in use by another hpcnli.submit")
+    assert p.train_metrics.read_bytes() == before
+
+
+@pytest.mark.parametrize("extra", [["--config", "jobs/nothing.yaml"], ["--name", "x"], ["--run-dir", "/tmp/x"]])
+def test_resume_ignores_nothing_given(smoke_run, tmp_path, extra):
+    proc = run_cli("hpcnli.submit", "--resume", smoke_run.run_dir, *extra, check=False)
+    assert proc.returncode == 2 and f"{extra[0]} cannot go with it" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "root,message", [("", "output_root: empty"), ("  ", "output_root: empty"), ("~/x", "'~' is not expanded here")]
+)
+def test_output_root_is_checked(tmp_path, root, message):
+    proc = run_cli("hpcnli.submit", "--config", SMOKE, "--plan-only", f"output_root={root}", check=False, cwd=tmp_path)
+    one_line_error(proc, 2, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_output_layer_is_no_lora_target_with_the_labels_loss(tmp_path):
+    proc = run_cli(
+        "hpcnli.submit",
+        "--config",
+        SMOKE,
+        "--plan-only",
+        "--run-dir",
+        tmp_path / "r",
+        "lora.target_modules=[lm_head, q_proj]",
+        check=False,
+    )
+    one_line_error(proc, 2, "lora.target_modules: lm_head is the output layer")
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u2060\ufeff", "\x00", " \u00a0\t", ""])
+def test_invisible_text_is_empty(text):
+    assert not visible(text) and visible("a" + text)
+
+
+def test_status_says_what_is_valid_not_what_exists(smoke_run, tmp_path):
+    import fcntl
+
+    p = copy_run(smoke_run, tmp_path / "stale")
+    assert (
+        "finetune   valid\nbase       valid\nfinetuned  valid\nreport     complete and current"
+        in run_cli("hpcnli.status", p.run_dir).stdout
+    )
+    p.config.write_text(p.config.read_text().replace("learning_rate: 0.0005", "learning_rate: 0.001"))
+    out = run_cli("hpcnli.status", p.run_dir).stdout
+    assert "finetune   to do" in out and "finetuned  0/2 valid (to do: [0, 1])" in out, out
+    assert "report     stale: outputs changed since it was written" in out, out
+    with open(p.lock, "a+") as held:  # a local run in progress holds the run's lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert "a submit is working on it now" in run_cli("hpcnli.status", p.run_dir).stdout
+
+
+def _pairs_file(path, rows) -> str:
+    path.write_text("".join(json.dumps({"premise": p, "hypothesis": h, "label": y}) + "\n" for p, h, y in rows))
+    return str(path)
+
+
+def test_train_test_overlap_is_measured_by_content(tmp_path):
+    rows = [(f"A man rides horse number {i}.", f"Someone rides {i}.", i % 3) for i in range(40)]
+    train = _pairs_file(tmp_path / "train.jsonl", rows)
+    same = _pairs_file(tmp_path / "copy.jsonl", [(p.upper(), "  " + h, y) for p, h, y in rows[:12]])  # another path
+    proc = run_cli(
+        "hpcnli.submit",
+        "--config",
+        SMOKE,
+        "--plan-only",
+        "--run-dir",
+        tmp_path / "r",
+        f"data.train={train}",
+        f"data.test={same}",
+        check=False,
+    )
+    one_line_error(proc, 2, "data.test: all 12 of its pairs are also training pairs")
+    assert not (tmp_path / "r").exists()
+    part = _pairs_file(
+        tmp_path / "part.jsonl",
+        rows[:3]
+        + [("A cat sleeps.", "An animal rests.", 0)] * 1
+        + [(f"A dog barks {i}.", "A dog is loud.", 0) for i in range(8)],
+    )
+    run_cli(
+        "hpcnli.submit",
+        "--config",
+        SMOKE,
+        "--plan-only",
+        "--run-dir",
+        tmp_path / "p",
+        f"data.train={train}",
+        f"data.test={part}",
+    )
+    assert json.loads(RunPaths(tmp_path / "p").test_manifest.read_text())["train_overlap"] == 3
+
+
+def test_input_is_bounded(tmp_path):
+    """A YAML alias bomb is refused at once; a huge train.max_steps plans in seconds (a bound, not every batch)."""
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        'a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n'
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nname: *c\n"
+    )
+    proc = run_cli(
+        "hpcnli.submit", "--config", bomb, "--plan-only", "--run-dir", tmp_path / "b", check=False, timeout=60
+    )
+    one_line_error(proc, 2, "line 2: alias *a: configs take no YAML aliases")
+    run_cli(
+        "hpcnli.submit",
+        "--config",
+        SMOKE,
+        "--plan-only",
+        "--run-dir",
+        tmp_path / "r",
+        "train.max_steps=1000000000000",
+        timeout=120,
+    )
