@@ -218,10 +218,12 @@ def remaining_work(cfg, paths: RunPaths, force: bool = False) -> Work:
 
 def retry_round(cfg, paths: RunPaths) -> Work:
     """The one retry policy of both launchers, once the stages before reduce have ended: the tasks of `retried`
-    stages still missing or invalid, except those that wait on a stage that failed (reported instead)."""
+    stages still missing or invalid, except those that wait on a stage that failed (reported instead), and
+    the gathering stage after them."""
     left = remaining_work(cfg, paths)
-    failed = {s.name for s in STAGES if left.todo(s) and not s.retried}
-    return Work({s.name: left.todo(s) if s.retried and not failed & set(s.after_ok) else [] for s in STAGES})
+    failed = {s.name for s in STAGES if left.todo(s) and not s.retried and not s.gathers}
+    retry = {s.name: left.todo(s) if s.retried and not failed & set(s.after_ok) else [] for s in STAGES}
+    return Work({**retry, **{s.name: s.tasks(cfg) for s in STAGES if s.gathers}})  # and the gathering stage again
 
 
 def shard_counts(paths: RunPaths, num_shards: int) -> dict[str, int]:
