@@ -32,7 +32,7 @@ from hpcnli.model.loading import (
     stage_dtype,
 )
 from hpcnli.model.memory import device_name, peak_memory, reset_peak_memory, resident_mb
-from hpcnli.records import ShardMetrics
+from hpcnli.records import ShardMetrics, TestManifest
 from hpcnli.run.memory_plan import planned_estimate, resolve_in_stage
 from hpcnli.run.paths import MODELS, RunPaths
 from hpcnli.run.stages import Stage
@@ -46,7 +46,7 @@ class StageError(UserFacingError, RuntimeError):
     """A stage cannot run with the files it was given."""
 
 
-def shard_examples(cfg, manifest: dict, shard: int) -> list[dict]:
+def shard_examples(cfg, manifest: TestManifest, shard: int) -> list[dict]:
     """This shard's slice of the test set, checked against the run's test-set manifest."""
     test = load_split(cfg, "test")
     why = test_set_changed(test, manifest)
@@ -113,11 +113,12 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     if not 0 <= shard < cfg.eval.num_shards:
         raise StageError(f"--shard {shard} outside 0..{cfg.eval.num_shards - 1} (eval.num_shards)")
     started = datetime.now(timezone.utc).isoformat()
-    manifest = read_json(paths.test_manifest)
+    manifest = TestManifest.read(paths.test_manifest)
     examples = shard_examples(cfg, manifest, shard)
     log.info("%s model, shard %d/%d: %d examples", model_kind, shard, cfg.eval.num_shards, len(examples))
 
     stage_device(cfg)  # one process, one GPU (or the CPU) as planned; refused before anything loads
+    estimate = planned_estimate(paths, "eval")  # read (and checked) before the work, not after it
     cfg = resolve_in_stage(cfg, "eval")
     import_model_libraries(cfg)
     rss_before = resident_mb()
@@ -150,7 +151,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
         num_shards=cfg.eval.num_shards,
         examples=len(rows),
         config_hash=cfg.hash(),
-        test_content_hash=manifest.get("content_hash"),
+        test_content_hash=manifest.content_hash,
         adapter_sha256=adapter_sha256(paths) if model_kind == "finetuned" else None,
         runtime_s=runtime,
         model_load_s=load_s,
@@ -164,7 +165,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
         quantized_4bit=cfg.quantization.load_in_4bit,
         device=device_name(),
         memory=peak_memory(rss_before),
-        memory_estimate=planned_estimate(paths, "eval"),
+        memory_estimate=estimate,
         weights_wait_s=wait_s,
         predictions_sha256=file_sha256(paths.shard_predictions(model_kind, shard)),
         warmup_s=warm_s,

@@ -350,6 +350,7 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopReque
     # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself (Accelerate
     # would step it once per process, for data loaders it shards; here each step is one global batch already).
     device = stage_device(cfg, env.local_rank, env.local_world_size or 1)
+    estimate = planned_estimate(paths, "finetune")  # read (and checked) before the work, not after it
     accelerator = Accelerator(
         gradient_accumulation_steps=t.grad_accum, cpu=device.type == "cpu", step_scheduler_with_optimizer=False
     )
@@ -389,7 +390,7 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopReque
         parameters=trainee.params,
         memory=peak_over_ranks(per_rank),
         memory_per_rank=per_rank,
-        memory_estimate=planned_estimate(paths, "finetune"),
+        memory_estimate=estimate,
         device=device_name(),
         dtype=dtype_name(stage_dtype(cfg.model.dtype, "train")),
         num_processes=accelerator.num_processes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -52,6 +53,14 @@ def follow_umask(directory: Path) -> None:
             f.chmod(0o666 & ~_umask())
 
 
+def disk_full(directory: Path, margin: int = 16 << 20) -> bool:
+    """Whether the filesystem of `directory` has (almost) no space left."""
+    try:
+        return shutil.disk_usage(directory).free < margin
+    except OSError:
+        return False
+
+
 @contextmanager
 def directory_aside(target: Path) -> Iterator[Path]:
     """Write a directory aside, then rename it into place: readers find the old one or the whole new one.
@@ -63,7 +72,14 @@ def directory_aside(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".staging"))
     try:
-        yield staging
+        try:
+            yield staging
+        except Exception as e:
+            if not isinstance(e, OSError) and disk_full(target.parent):
+                # torch and safetensors report a full disk in their own words (RuntimeError, SafetensorError):
+                # name it as the environment fault it is, so that commands say it in one line
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from e
+            raise
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700
         follow_umask(staging)
         old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
@@ -92,6 +108,25 @@ def work_saving_lock(path: Path) -> Iterator[bool]:
         yield True
     finally:
         lock.release()
+
+
+@contextmanager
+def directory_lock(directory: Path) -> Iterator[bool]:
+    """An exclusive lock on a directory itself (fcntl on its descriptor: filelock locks files), so that nothing is
+    left behind in it; like work_saving_lock it only saves work and is skipped where there are no locks."""
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            log.warning("no lock on %s (%s); going on without it", directory, e.strerror or e)
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write_text(path: Path, text: str) -> None:

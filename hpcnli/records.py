@@ -1,5 +1,6 @@
 """What one stage writes and another reads: typed, versioned records with one reader and one writer each.
 
+    TestManifest  test_set.json                          written by planning, read by evaluate, state, reduce
     TrainMetrics  train_metrics.json                     written by finetune, read by state, reduce, time plan
     ShardMetrics  predictions/<model>/shard_NNNN.metrics  written by evaluate, read by state and reduce
     Report        report.json                            written by reduce, read by the markdown and the index
@@ -232,6 +233,33 @@ class ShardMetrics(Record):
     @classmethod
     def _required(cls, data: dict, version: int) -> set[str]:
         return set(cls._fields(version)) - (cls.OPTIONAL_IN_V1 if version == 1 else set())
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestManifest(Record):
+    """test_set.json: the planned test set (its example ids in order, and what they hash to), written when the
+    run is planned, read by every eval shard, the reducer and --resume. Version 2 added the content hash,
+    version 3 the count of test pairs that are also training pairs."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class, whatever its name
+    VERSION: ClassVar[int] = 3
+    NAME: ClassVar[str] = "test_set.json"
+
+    source: str
+    examples: int
+    dropped: int
+    ids_hash: str
+    ids: list
+    content_hash: str | None = since(2)
+    train_overlap: int | None = since(3)
+
+    @classmethod
+    def unversioned_version(cls, data: dict) -> int:
+        return 2 if "content_hash" in data else 1
+
+    def summary(self) -> dict:
+        """What the report keeps of it: everything but the ids."""
+        return {k: v for k, v in self.to_json().items() if k != "ids"}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ from hpcnli.data.nli import LABELS, load_split
 from hpcnli.errors import raise_on_sigterm, run_command
 from hpcnli.io import RunFileError, read_json
 from hpcnli.logs import setup_logging
-from hpcnli.records import Report, ShardMetrics, TrainMetrics
+from hpcnli.records import Report, ShardMetrics, TestManifest, TrainMetrics
 from hpcnli.report import index, markdown, stats
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import MODELS, RunPaths
@@ -49,13 +49,13 @@ def _pick(ids: list[str], n: int, salt: str) -> list[str]:
 
 
 def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> Report:
-    manifest = read_json(paths.test_manifest)
+    manifest = TestManifest.read(paths.test_manifest)
     test = load_split(cfg, "test")
     predictions, shard_metrics, problems = collect(paths, cfg, manifest, test)
     changed = test_set_changed(test, manifest)
     if changed:  # gold labels and texts would not be the ones the models were scored on
         problems.append(
-            {"model": "both", "shard": None, "examples": len(manifest["ids"]), "problem": changed, "file": test.source}
+            {"model": "both", "shard": None, "examples": len(manifest.ids), "problem": changed, "file": test.source}
         )
     train_why = training_problem(cfg, paths)  # the adapter the fine-tuned shards were scored with is still there
     if train_why:
@@ -74,7 +74,7 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> Report:
         run=paths.name,
         config=cfg.to_dict(),
         config_hash=cfg.hash(),
-        test_set={k: v for k, v in manifest.items() if k != "ids"},
+        test_set=manifest.summary(),
         training=train,
         shards=shard_metrics,
         provenance=read_json(paths.provenance) if paths.provenance.is_file() else None,
@@ -84,7 +84,7 @@ def build_report(paths: RunPaths, cfg, max_examples: int = 10) -> Report:
         missing = sum(p["examples"] for p in problems)
         return Report(**base, complete=False, problems=problems, missing_examples=missing)
 
-    ids = manifest["ids"]
+    ids = manifest.ids
     labels = {e["id"]: e["label"] for e in test.examples}
     gold = [labels[i] for i in ids]  # the planned test set's labels (each shard's were checked against them)
     models = {}

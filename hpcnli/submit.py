@@ -19,7 +19,6 @@ from pathlib import Path
 
 from hpcnli.config import RunConfig, load_config
 from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
-from hpcnli.io import read_json
 from hpcnli.launch import local
 from hpcnli.logs import setup_logging
 from hpcnli.run import memory_plan, time_plan
@@ -121,8 +120,8 @@ def check_local_cpus(cfg: RunConfig) -> None:
 
 def print_plan(paths: RunPaths) -> None:
     """Each stage's estimated memory and the fine-tune's time, as planned."""
-    if paths.memory_plan.is_file():  # runs planned before memory plans have none
-        planned = read_json(paths.memory_plan)
+    planned = memory_plan.read_plan(paths)
+    if planned is not None:  # runs planned before memory plans have none
         print("\n".join(memory_plan.lines(planned) + time_plan.lines(planned.get("time"))), flush=True)
 
 

@@ -18,6 +18,12 @@ from test_trust import one_line_error
 SMOKE = ROOT / "jobs" / "smoke.yaml"
 
 
+def plan_only(run_dir, *overrides: str, check: bool = False, config=SMOKE):
+    return run_cli(
+        "hpcnli.submit", "--config", config, "--plan-only", "--run-dir", run_dir, *overrides, check=check, timeout=120
+    )
+
+
 def reduce_problems(p: RunPaths) -> str:
     proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
     assert proc.returncode == 1 and not json.loads(p.report_json.read_text())["complete"], proc.stderr
@@ -93,9 +99,7 @@ def test_truncated_eval_weights_are_written_again(smoke_run, tmp_path):
     ["train.learning_rate=.inf", "train.learning_rate=1e400", "train.weight_decay=.inf", "train.warmup_ratio=.nan"],
 )
 def test_no_float_key_accepts_a_non_finite_value(tmp_path, override):
-    proc = run_cli(
-        "hpcnli.submit", "--config", SMOKE, "--plan-only", "--run-dir", tmp_path / "r", override, check=False
-    )
+    proc = plan_only(tmp_path / "r", override)
     one_line_error(proc, 2, f"{override.split('=')[0]}: expected a finite number")
     assert not (tmp_path / "r").exists()
 
@@ -146,16 +150,7 @@ def test_output_root_is_checked(tmp_path, root, message):
 
 
 def test_the_output_layer_is_no_lora_target_with_the_labels_loss(tmp_path):
-    proc = run_cli(
-        "hpcnli.submit",
-        "--config",
-        SMOKE,
-        "--plan-only",
-        "--run-dir",
-        tmp_path / "r",
-        "lora.target_modules=[lm_head, q_proj]",
-        check=False,
-    )
+    proc = plan_only(tmp_path / "r", "lora.target_modules=[lm_head, q_proj]")
     one_line_error(proc, 2, "lora.target_modules: lm_head is the output layer")
 
 
@@ -190,35 +185,14 @@ def test_train_test_overlap_is_measured_by_content(tmp_path):
     rows = [(f"A man rides horse number {i}.", f"Someone rides {i}.", i % 3) for i in range(40)]
     train = _pairs_file(tmp_path / "train.jsonl", rows)
     same = _pairs_file(tmp_path / "copy.jsonl", [(p.upper(), "  " + h, y) for p, h, y in rows[:12]])  # another path
-    proc = run_cli(
-        "hpcnli.submit",
-        "--config",
-        SMOKE,
-        "--plan-only",
-        "--run-dir",
-        tmp_path / "r",
-        f"data.train={train}",
-        f"data.test={same}",
-        check=False,
-    )
+    proc = plan_only(tmp_path / "r", f"data.train={train}", f"data.test={same}")
     one_line_error(proc, 2, "data.test: all 12 of its pairs are also training pairs")
     assert not (tmp_path / "r").exists()
     part = _pairs_file(
         tmp_path / "part.jsonl",
-        rows[:3]
-        + [("A cat sleeps.", "An animal rests.", 0)] * 1
-        + [(f"A dog barks {i}.", "A dog is loud.", 0) for i in range(8)],
+        rows[:3] + [(f"A dog barks {i}.", "A dog is loud.", 0) for i in range(9)],
     )
-    run_cli(
-        "hpcnli.submit",
-        "--config",
-        SMOKE,
-        "--plan-only",
-        "--run-dir",
-        tmp_path / "p",
-        f"data.train={train}",
-        f"data.test={part}",
-    )
+    plan_only(tmp_path / "p", f"data.train={train}", f"data.test={part}", check=True)
     assert json.loads(RunPaths(tmp_path / "p").test_manifest.read_text())["train_overlap"] == 3
 
 
@@ -229,17 +203,81 @@ def test_input_is_bounded(tmp_path):
         'a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n'
         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nname: *c\n"
     )
-    proc = run_cli(
-        "hpcnli.submit", "--config", bomb, "--plan-only", "--run-dir", tmp_path / "b", check=False, timeout=60
-    )
+    proc = plan_only(tmp_path / "b", config=bomb)
     one_line_error(proc, 2, "line 2: alias *a: configs take no YAML aliases")
-    run_cli(
-        "hpcnli.submit",
-        "--config",
-        SMOKE,
-        "--plan-only",
-        "--run-dir",
-        tmp_path / "r",
-        "train.max_steps=1000000000000",
-        timeout=120,
+    plan_only(tmp_path / "r", "train.max_steps=1000000000000", check=True)
+
+
+@pytest.mark.parametrize(
+    "name,content,command,message",
+    [
+        ("test_set.json", "[]", "hpcnli.reduce", "test_set.json: expected a JSON object (test_set.json)"),
+        ("memory_plan.json", "[]", "hpcnli.evaluate", "is not a memory plan"),
+        ("plan.json", '{"submissions": 5}', "hpcnli.status", "is not a submissions ledger"),
+    ],
+)
+def test_a_file_of_the_wrong_shape_is_one_line(smoke_run, tmp_path, name, content, command, message):
+    p = copy_run(smoke_run, tmp_path / "shape")
+    (p.run_dir / name).write_text(content)
+    args = ["--model", "base", "--shard", "0"] if command == "hpcnli.evaluate" else []
+    one_line_error(run_cli(command, p.run_dir, *args, check=False), 2, message)
+
+
+def test_a_shard_metrics_file_of_the_wrong_shape_is_a_named_problem(smoke_run, tmp_path):
+    p = copy_run(smoke_run, tmp_path / "shard-shape")
+    p.shard_metrics("base", 0).write_text("[]")
+    assert "base shard 0 (12 examples): unreadable (RecordError" in reduce_problems(p)
+
+
+def test_a_bad_old_run_does_not_break_planning(smoke_run, tmp_path):
+    """The time plan reads every run in output_root; one with a broken train_metrics.json is passed over."""
+    root = tmp_path / "root"
+    root.mkdir()
+    p = copy_run(smoke_run, root / "old")
+    p.train_metrics.write_text('{"tokens_per_s": "fast"}')
+    run_cli("hpcnli.submit", "--config", SMOKE, "--plan-only", "--name", "new", f"output_root={root}")
+
+
+def test_refused_plan_only_leaves_nothing_beside_the_run(tmp_path):
+    plan_only(tmp_path / "r", check=True)
+    one_line_error(
+        plan_only(tmp_path / "s", "eval.num_shards=99"), 2, "eval.num_shards: 99 shards for 24 test examples"
     )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # neither a lock file beside r nor the refused s
+
+
+def test_cpu_processes_share_the_node_memory(tmp_path):
+    one = plan_only(tmp_path / "one", "train.batch_tokens=auto", check=True).stdout
+    two = plan_only(tmp_path / "two", "train.batch_tokens=auto", "resources.processes_per_node=2", check=True).stdout
+    assert "the fine-tune's processes share the node" in two and "share the node" not in one
+    tokens = [
+        json.loads(RunPaths(tmp_path / r).memory_plan.read_text())["stages"]["finetune"]["tokens_per_batch"]
+        for r in ("one", "two")
+    ]
+    assert tokens[1] < tokens[0]  # each of two processes has half the node's memory
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tmp_path):
+    """torch and safetensors report a full disk in their own words; directory_aside names it, leaves nothing."""
+    import os
+    import subprocess
+
+    import torch
+
+    from hpcnli.errors import run_command
+    from hpcnli.io import directory_aside
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(tiny)]).returncode:
+        pytest.skip("needs root to mount a 2 MB tmpfs")
+    try:
+
+        def checkpoint():
+            with directory_aside(tiny / "step_0000001") as staging:
+                torch.save(torch.zeros(1_000_000), staging / "trainer.pt")
+
+        assert run_command("hpcnli.finetune", checkpoint) == 2
+        assert list(tiny.iterdir()) == []  # no staging directory left to fill the disk
+    finally:
+        subprocess.run(["umount", str(tiny)])

@@ -17,7 +17,7 @@ import math
 from hpcnli.config import RunConfig
 from hpcnli.data.batching import BatchRule, batch_tokens, global_batches
 from hpcnli.errors import UserFacingError
-from hpcnli.io import read_json
+from hpcnli.io import RunFileError, read_json
 from hpcnli.model.footprint import (
     CPU_RESIDENT_FACTOR,
     GiB,
@@ -43,12 +43,14 @@ class MemoryPlanError(UserFacingError, ValueError):
     """A stage would not fit its memory; the message names the knob to turn."""
 
 
-def ceiling(cfg: RunConfig) -> tuple[float | None, str]:
-    """The bytes a stage's tensors may use and the key that sets them (None where the plan cannot know)."""
+def ceiling(cfg: RunConfig, processes: int = 1) -> tuple[float | None, str]:
+    """The bytes one process's tensors may use and the key that sets them (None where the plan cannot know).
+    On a CPU `processes` of a node share its resources.mem_gb (the fine-tune's data-parallel processes); on a
+    GPU each has its own card."""
     r = cfg.resources
     if r.gpus_per_node > 0:
         return (r.gpu_mem_gb * GiB if r.gpu_mem_gb else None), "resources.gpu_mem_gb"
-    return (r.mem_gb * GiB - CPU_PROCESS_BYTES) / CPU_RESIDENT_FACTOR, "resources.mem_gb"
+    return (r.mem_gb * GiB / processes - CPU_PROCESS_BYTES) / CPU_RESIDENT_FACTOR, "resources.mem_gb"
 
 
 def _resolve_train(cfg: RunConfig, shape, limit: float, worst: int) -> RunConfig:
@@ -112,12 +114,12 @@ def eval_tokens(cfg: RunConfig, longest: int) -> int:
     return e.batch_tokens if isinstance(e.batch_tokens, int) else e.batch_size * longest
 
 
-def resolve(cfg: RunConfig, shape, limit: float | None, worst_train: int) -> RunConfig:
-    """The config with "auto" batch_tokens and gradient_checkpointing replaced by what fits `limit` bytes
+def resolve(cfg: RunConfig, shape, limits: dict[str, float | None], worst_train: int) -> RunConfig:
+    """The config with "auto" batch_tokens and gradient_checkpointing replaced by what fits each stage's limit
     (left "auto" when the limit is unknown: the stage chooses)."""
-    if limit is None:
-        return cfg
-    return _resolve_eval(_resolve_train(cfg, shape, limit, worst_train), shape, limit)
+    train, ev = limits["finetune"], limits["eval"]
+    cfg = cfg if train is None else _resolve_train(cfg, shape, train, worst_train)
+    return cfg if ev is None else _resolve_eval(cfg, shape, ev)
 
 
 def _batch_words(section, tokens: int) -> str:
@@ -150,23 +152,23 @@ def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int) 
     return out
 
 
-def _allowance(limit: float, key: str) -> str:
+def _allowance(limit: float, key: str, processes: int = 1) -> str:
     if key == "resources.mem_gb":
-        mem_gb = (limit * CPU_RESIDENT_FACTOR + CPU_PROCESS_BYTES) / GiB
+        mem_gb = (limit * CPU_RESIDENT_FACTOR + CPU_PROCESS_BYTES) * processes / GiB
+        shared = f" shared by {processes} processes," if processes > 1 else ""
         return (
-            f"{limit / GiB:.1f} GiB its tensors may use ({key} {mem_gb:g} less "
+            f"{limit / GiB:.1f} GiB its tensors may use ({key} {mem_gb:g}{shared} less "
             f"{CPU_PROCESS_BYTES / GiB:.0f} GiB for the "
             f"process, / {CPU_RESIDENT_FACTOR} for what glibc keeps resident)"
         )
     return f"{limit / GiB:.1f} GiB it may use ({key})"
 
 
-def check(cfg: RunConfig, estimates: dict, limit: float | None, key: str) -> None:
+def check(cfg: RunConfig, estimates: dict, limits: dict[str, float | None], key: str) -> None:
     """Refuse a plan whose stage would not fit, naming what to change."""
-    if limit is None:
-        return
     for stage, est in estimates.items():
-        if est["total_bytes"] <= limit:
+        limit = limits[stage]
+        if limit is None or est["total_bytes"] <= limit:
             continue
         knobs = (
             "train.batch_tokens (or train.batch_size), train.gradient_checkpointing: true or auto, lora.r"
@@ -175,16 +177,22 @@ def check(cfg: RunConfig, estimates: dict, limit: float | None, key: str) -> Non
         )
         raise MemoryPlanError(
             f"{key}: the {stage} stage needs about {est['total_bytes'] / GiB:.1f} GiB ({describe(est['parts'])}, "
-            f"{est['batch']}), over the {_allowance(limit, key)}; lower "
+            f"{est['batch']}), over the {_allowance(limit, key, _processes(cfg, stage))}; lower "
             f"{knobs}, or task.max_length, or raise {key}"
         )
     for stage in ("finetune", "eval"):
-        if stage not in estimates:
+        limit = limits[stage]
+        if stage not in estimates and limit is not None:
             raise MemoryPlanError(
                 f"{key}: not even one prompt of task.max_length {cfg.task.max_length} tokens fits "
-                f"the {stage} stage in the {_allowance(limit, key)}; raise {key} or lower "
+                f"the {stage} stage in the {_allowance(limit, key, _processes(cfg, stage))}; raise {key} or lower "
                 "task.max_length"
             )
+
+
+def _processes(cfg: RunConfig, stage: str) -> int:
+    """Processes of a stage that share a node's memory (on CPUs; each GPU process has its own card)."""
+    return cfg.resources.train_processes_per_node if stage == "finetune" and cfg.resources.gpus_per_node == 0 else 1
 
 
 def plan_memory(
@@ -203,11 +211,13 @@ def plan_memory(
         )
     shape = model_shape(cfg, model_config)
     worst = worst_train_batch(cfg, train_lengths)
-    resolved = resolve(cfg, shape, limit, worst)
+    limits = {stage: ceiling(cfg, _processes(cfg, stage))[0] for stage in ("finetune", "eval")}
+    resolved = resolve(cfg, shape, limits, worst)
     estimates = stage_estimates(resolved, shape, worst, longest_test)
-    check(resolved, estimates, limit, key)
+    check(resolved, estimates, limits, key)
     return resolved, {
         "ceiling_bytes": limit,
+        "stage_ceiling_bytes": limits,
         "ceiling_key": key,
         "longest_test_prompt": longest_test,
         "worst_fixed_train_batch": worst,
@@ -226,6 +236,9 @@ def lines(memory: dict) -> list[str]:
         else f"memory plan (each stage's estimated peak; {_allowance(limit, key)}):"
     )
     out = [head]
+    train_limit = memory.get("stage_ceiling_bytes", {}).get("finetune", limit)
+    if limit is not None and train_limit != limit:  # CPU processes that share a node's memory
+        out.append(f"  (the fine-tune's processes share the node: {train_limit / GiB:.1f} GiB each)")
     for stage in ("finetune", "eval"):
         est = memory["stages"].get(stage)
         if est is None:
@@ -240,11 +253,28 @@ def lines(memory: dict) -> list[str]:
     return out
 
 
-def planned_estimate(paths, stage: str) -> dict | None:
-    """A stage's estimate from the run's memory plan (for its metrics, beside the measured peak), or None."""
+def read_plan(paths) -> dict | None:
+    """The run's memory plan, checked for the shape its readers use; None for runs planned before plans."""
     if not paths.memory_plan.is_file():
         return None
-    return read_json(paths.memory_plan)["stages"].get(stage)
+    plan = read_json(paths.memory_plan)
+    if not (
+        isinstance(plan, dict)
+        and isinstance(plan.get("stages"), dict)
+        and all(isinstance(v, dict) for v in plan["stages"].values())
+        and (plan.get("time") is None or isinstance(plan["time"], dict))
+    ):
+        raise RunFileError(
+            f"{paths.memory_plan} is not a memory plan (stages by name, each an estimate); restore it, or start a "
+            "new run"
+        )
+    return plan
+
+
+def planned_estimate(paths, stage: str) -> dict | None:
+    """A stage's estimate from the run's memory plan (for its metrics, beside the measured peak), or None."""
+    plan = read_plan(paths)
+    return None if plan is None else plan["stages"].get(stage)
 
 
 def _left_open(cfg: RunConfig, stage: str) -> bool:
@@ -267,8 +297,12 @@ def resolve_in_stage(cfg: RunConfig, stage: str) -> RunConfig:
             "open and there is no GPU to size it from; plan the run again"
         )
     free, _ = torch.cuda.mem_get_info()
+    budget = free * GPU_FREE_SHARE
     resolved = resolve(
-        cfg, model_shape(cfg, model_config(cfg)), free * GPU_FREE_SHARE, cfg.train.batch_size * cfg.task.max_length
+        cfg,
+        model_shape(cfg, model_config(cfg)),
+        {"finetune": budget, "eval": budget},
+        cfg.train.batch_size * cfg.task.max_length,
     )
     if _left_open(resolved, stage):
         raise MemoryPlanError(

@@ -49,11 +49,6 @@ class RunPaths:
         return self.run_dir / ".lock"
 
     @property
-    def create_lock(self) -> Path:
-        """Beside the run directory: taken before the directory exists, by the first job that creates it."""
-        return self.run_dir.parent / f".{self.run_dir.name}.plan-lock"
-
-    @property
     def logs(self) -> Path:
         return self.run_dir / "logs"
 

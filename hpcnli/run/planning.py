@@ -16,8 +16,9 @@ from hpcnli.cluster.commands import partition_limits, partition_problem
 from hpcnli.config import MIN_PAIR_TOKENS, RunConfig, save_config
 from hpcnli.data.nli import load_split
 from hpcnli.errors import UserFacingError
-from hpcnli.io import read_json, work_saving_lock, write_json
+from hpcnli.io import directory_lock, write_json
 from hpcnli.model.loading import check_target_modules, check_top_layers, load_tokenizer, model_config
+from hpcnli.records import TestManifest
 from hpcnli.run import time_plan
 from hpcnli.run.memory_plan import plan_memory
 from hpcnli.run.paths import RunPaths
@@ -159,18 +160,16 @@ def create_run(cfg: RunConfig, run_dir: Path) -> RunPaths:
     root = Path(cfg.output_root).resolve()
     write_json(paths.memory_plan, memory)
     write_json(paths.provenance, {**provenance(), "output_root": str(root) if paths.run_dir.parent == root else None})
-    write_json(
-        paths.test_manifest,
-        {
-            "source": test.source,
-            "examples": len(test.examples),
-            "dropped": test.dropped,
-            "ids_hash": test.ids_hash,
-            "content_hash": test.content_hash,
-            "train_overlap": overlap,
-            "ids": [e["id"] for e in test.examples],
-        },
-    )
+    TestManifest(
+        schema_version=TestManifest.VERSION,
+        source=test.source,
+        examples=len(test.examples),
+        dropped=test.dropped,
+        ids_hash=test.ids_hash,
+        content_hash=test.content_hash,
+        train_overlap=overlap,
+        ids=[e["id"] for e in test.examples],
+    ).write(paths.test_manifest)
     log.info(
         "planned %s: %d train examples (%s), %d test examples (%s), %d shards per model",
         run_dir,
@@ -226,7 +225,7 @@ def check_resumable(cfg: RunConfig, paths: RunPaths) -> None:
     """Before --resume queues anything: the (possibly edited) config passes the plan's model checks, and
     the test set is still the one the run was planned with."""
     check_model(cfg)
-    why = test_set_changed(load_split(cfg, "test"), read_json(paths.test_manifest))
+    why = test_set_changed(load_split(cfg, "test"), TestManifest.read(paths.test_manifest))
     if why:
         raise PlanError(why)
 
@@ -241,5 +240,5 @@ def create_once(run_dir: Path, make_run) -> RunPaths:
         raise PlanError(
             f"cannot create the run directory {run_dir} ({e.strerror}); choose a writable --run-dir or output_root"
         ) from None
-    with work_saving_lock(paths.create_lock):
+    with directory_lock(paths.run_dir.parent):  # a lock file beside the run would be left behind, even when refused
         return paths if paths.config.is_file() else make_run()

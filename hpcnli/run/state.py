@@ -14,8 +14,8 @@ import json
 import math
 
 from hpcnli.data.nli import load_split, shard_bounds
-from hpcnli.io import RunFileError, read_json
-from hpcnli.records import ShardMetrics, TrainMetrics
+from hpcnli.io import RunFileError
+from hpcnli.records import ShardMetrics, TestManifest, TrainMetrics
 from hpcnli.run.paths import MODELS, RunPaths
 from hpcnli.run.stages import EVAL_STAGES, FINETUNE, REDUCE, STAGES, Work
 
@@ -32,12 +32,13 @@ def adapter_sha256(paths: RunPaths) -> str | None:
     return file_sha256(paths.adapter_weights) if paths.adapter_weights.is_file() else None
 
 
-def test_set_changed(test, manifest: dict) -> str | None:
+def test_set_changed(test, manifest: TestManifest) -> str | None:
     """Why the test set now differs from the one the run was planned with, or None."""
-    if test.ids_hash != manifest["ids_hash"] or test.content_hash != manifest.get("content_hash", test.content_hash):
+    planned = manifest.content_hash or manifest.ids_hash  # version 1 manifests recorded the ids' hash only
+    if test.ids_hash != manifest.ids_hash or test.content_hash != (manifest.content_hash or test.content_hash):
         return (
             f"data.test changed since the run was planned ({test.source}: content hash {test.content_hash}, "
-            f"planned {manifest.get('content_hash', manifest['ids_hash'])}); the run's predictions belong to the "
+            f"planned {planned}); the run's predictions belong to the "
             "planned file: restore it, or start a new run"
         )
     return None
@@ -160,13 +161,15 @@ def _shard_metrics_problem(cfg, model: str, shard: int, metrics: ShardMetrics, e
     return None
 
 
-def collect(paths: RunPaths, cfg, manifest: dict, test=None) -> tuple[dict, dict[str, list[ShardMetrics]], list[dict]]:
+def collect(
+    paths: RunPaths, cfg, manifest: TestManifest, test=None
+) -> tuple[dict, dict[str, list[ShardMetrics]], list[dict]]:
     """Predictions by model and id, shard metrics, and the problems found (empty when complete). `test`: the
     test split, when the caller has loaded it."""
-    ids = manifest["ids"]
+    ids = manifest.ids
     test = test if test is not None else load_split(cfg, "test")
     expected = {
-        "test_content_hash": manifest.get("content_hash"),
+        "test_content_hash": manifest.content_hash,
         "adapter_sha256": adapter_sha256(paths),
         "gold": {e["id"]: e["label"] for e in test.examples},
     }
@@ -200,7 +203,7 @@ def remaining_work(cfg, paths: RunPaths, force: bool = False) -> Work:
     if force:
         return Work({s.name: s.tasks(cfg) for s in STAGES}, ["--force: every stage"])
     train_why = training_problem(cfg, paths)  # a new adapter first: the fine-tuned shards are then made with it
-    _, _, problems = collect(paths, cfg, read_json(paths.test_manifest))
+    _, _, problems = collect(paths, cfg, TestManifest.read(paths.test_manifest))
     redo = train_why and (paths.adapter.exists() or paths.train_metrics.exists())  # not a run's first fine-tune
     work = Work({s.name: [] for s in STAGES}, [f"fine-tune: {train_why}"] if redo else [])
     work.tasks[FINETUNE.name] = FINETUNE.tasks(cfg) if train_why else []
