@@ -38,6 +38,9 @@ ENVIRONMENT_FAULTS = {
 }
 
 
+WRITE_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # faults only a write meets
+
+
 def run_command(name: str, work) -> int:
     """Call work() and turn the errors a user can act on into one line on stderr and exit status 2.
     Returns work()'s exit status (0 when it returns something else)."""
@@ -55,5 +58,6 @@ def run_command(name: str, work) -> int:
         if e.errno not in ENVIRONMENT_FAULTS:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"{name}: cannot write{where}: {ENVIRONMENT_FAULTS[e.errno]}{after}", file=sys.stderr)
+        verb = "cannot write" if e.errno in WRITE_FAULTS else "cannot read or write"  # EACCES: either
+        print(f"{name}: {verb}{where}: {ENVIRONMENT_FAULTS[e.errno]}{after}", file=sys.stderr)
     return 2

@@ -4,6 +4,7 @@ together, non-finite numbers stop a run, a refused command changes no file, noth
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -281,3 +282,69 @@ def test_a_full_disk_while_checkpointing_is_one_line(tmp_path):
         assert list(tiny.iterdir()) == []  # no staging directory left to fill the disk
     finally:
         subprocess.run(["umount", str(tiny)])
+
+
+def _data_error(tmp_path, path, split="test") -> str:
+    proc = plan_only(tmp_path / "r", f"data.{split}={path}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_weak_messages_are_exact(tmp_path):
+    rows = [{"premise": f"P {i}.", "hypothesis": f"H {i}.", "label": i % 3} for i in range(9)]
+    rows[6]["label"] = "contradiction"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "row 7: label 'contradiction' must be an integer 0, 1, 2" in _data_error(tmp_path, mixed)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "empty.jsonl: an empty file; it holds no pairs" in _data_error(tmp_path, empty)
+    header = tmp_path / "header.csv"
+    header.write_text("premise,hypothesis,label\n")
+    assert "header.csv: holds no pairs (a header only, or blank lines)" in _data_error(tmp_path, header)
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    assert "folder.jsonl: a directory; name a data file in it" in _data_error(tmp_path, folder)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    assert "pipe.jsonl: not a regular file (a FIFO, socket or device)" in _data_error(tmp_path, fifo)
+    invisible = tmp_path / "invisible.jsonl"
+    invisible.write_text(json.dumps({"premise": "\u200b\u2060\ufeff", "hypothesis": "H.", "label": 0}) + "\n")
+    assert "invisible.jsonl: row 1: empty or missing premise (no visible character)" in _data_error(tmp_path, invisible)
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    assert "loop.jsonl: a loop of symbolic links" in _data_error(tmp_path, loop)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.le\u0430rning_rate=1e-4", "unknown key (it holds '\u0430' U+0430 CYRILLIC SMALL LETTER A, not ASCII"),
+        ("data.synthetic_test_size=0", "data.synthetic_test_size: 0 pairs for data.test synthetic"),
+        ("data.synthetic_train_size=0", "data.synthetic_train_size: 0 pairs for data.train synthetic"),
+    ],
+)
+def test_config_messages_name_the_key(tmp_path, override, message):
+    one_line_error(plan_only(tmp_path / "r", override), 2, message)
+
+
+def test_a_read_error_does_not_say_write(capsys):
+    import errno
+
+    from hpcnli.errors import run_command
+
+    def unreadable():
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/test.jsonl")
+
+    assert run_command("hpcnli.reduce", unreadable) == 2
+    assert "cannot read or write (/data/test.jsonl): permission denied" in capsys.readouterr().err
+
+
+def test_an_underflowed_p_value_is_a_bound():
+    from hpcnli.report.markdown import p_value
+    from hpcnli.report.stats import paired_difference
+
+    base = [False] * 2678 + [True] * 285 + [True] * 1949
+    tuned = [True] * 2678 + [False] * 285 + [True] * 1949
+    assert p_value(paired_difference(base, tuned)) == "p = 1.7e-486"  # the showcase's counts: p underflows a double
+    assert p_value({"mcnemar_exact_p": 0.0}) == "p < 1e-307"  # a report from before the logarithm was kept

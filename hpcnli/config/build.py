@@ -13,6 +13,7 @@ import math
 import re
 import types
 import typing
+import unicodedata
 from typing import Any
 
 from hpcnli.config.checks import ConfigError, checks_of
@@ -65,6 +66,16 @@ def convert(value: Any, tp: Any) -> Any:
     raise _WrongType(f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 
+def _look_alike(key: Any) -> str:
+    """Why a key that reads like a valid one is unknown: characters outside ASCII (a Cyrillic a, a no-break
+    space) that look like the ones meant."""
+    odd = [c for c in str(key) if ord(c) > 127 or (c.isspace() and c != " ")]
+    if not odd:
+        return ""
+    named = ", ".join(f"{c!r} U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in dict.fromkeys(odd))
+    return f" (it holds {named}, not ASCII; retype it)"
+
+
 def _key(prefix: str, name: Any) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
 
@@ -77,7 +88,9 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         return cls()
     names = [f.name for f in dataclasses.fields(cls)]
     problems += [
-        f"{_key(prefix, k)}: unknown key; valid keys here are: {', '.join(names)}" for k in data if k not in names
+        f"{_key(prefix, k)}: unknown key{_look_alike(k)}; valid keys here are: {', '.join(names)}"
+        for k in data
+        if k not in names
     ]
     hints = typing.get_type_hints(cls)
     kwargs = {}

@@ -96,6 +96,10 @@ class DataConfig:
                 f"data.synthetic_train_size: at most {MAX_TRAIN_SIZE} (more would overlap the synthetic test "
                 f"split), got {self.synthetic_train_size}"
             )
+        for split in ("train", "test"):
+            size = getattr(self, f"synthetic_{split}_size")
+            if getattr(self, split) == "synthetic" and size == 0:
+                p.append(f"data.synthetic_{split}_size: 0 pairs for data.{split} synthetic; generate at least 1")
         if self.test == "holdout" and self.holdout <= 0:
             p.append(
                 "data.test: 'holdout' scores the held-out slice of data.train; set data.holdout to its size, e.g. 1000"

@@ -6,9 +6,11 @@ Every example is a dict {id, premise, hypothesis, label} with label 0 = entailme
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import random
+import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ def shard_bounds(n_examples: int, n_shards: int, index: int) -> tuple[int, int]:
 
 def _check_jsonl(path: Path) -> None:
     """Name the first line that is not UTF-8 or not JSON (datasets' own error does not)."""
+    row = 0  # rows are the non-blank lines, as datasets reads them
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -68,6 +71,7 @@ def _check_jsonl(path: Path) -> None:
             except UnicodeDecodeError:
                 raise DataError(f"{path}: line {lineno} is not UTF-8 text; re-encode the file as UTF-8") from None
             if text.strip():
+                row += 1
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as e:
@@ -76,15 +80,33 @@ def _check_jsonl(path: Path) -> None:
                     ) from None
                 if not isinstance(obj, dict):
                     raise DataError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, not an object")
+                label = obj.get("label", 0)  # checked here as written: datasets casts a mixed column to text
+                if "label" in obj and not (isinstance(label, int) and not isinstance(label, bool)):
+                    raise DataError(
+                        f"{path}: row {row}: label {label!r} must be an integer 0, 1, 2 (or -1 for none); "
+                        "files with label names use the Stanford columns sentence1/sentence2/gold_label"
+                    )
 
 
 def _load_file(path: Path):
     import datasets
 
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(
+                f"{path}: a loop of symbolic links; point data.train / data.test at the file itself"
+            ) from None
         raise DataError(
             f"{path}: no such file; check data.train / data.test (SNLI for offline runs lies in ../shared/snli)"
-        )
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: a directory; name a data file in it (e.g. {path}/test.jsonl)")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); copy the data to a file")
+    if st.st_size == 0:
+        raise DataError(f"{path}: an empty file; it holds no pairs")
     fmt = FILE_FORMATS.get(path.suffix)
     if fmt is None:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FILE_FORMATS)}")
@@ -93,12 +115,17 @@ def _load_file(path: Path):
     was_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # a local file reads in a moment: its "Generating train split" bar is noise
     try:
-        return datasets.load_dataset(fmt, data_files=str(path), split="train")
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files
+        if "corresponds to no data" in str(e) or not str(e).strip():
+            raise DataError(f"{path}: holds no pairs (a header only, or blank lines)") from None
         raise DataError(f"{path}: could not be read as {fmt}: {e}") from None
     finally:
         if was_on:
             datasets.enable_progress_bars()
+    if len(ds) == 0:
+        raise DataError(f"{path}: holds no pairs (a header only, or blank lines)")
+    return ds
 
 
 def _rows_from_columns(ds, where: str, id_prefix: str) -> tuple[list[dict], int]:

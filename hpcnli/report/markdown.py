@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from hpcnli.io import atomic_write_text
 from hpcnli.records import Report, TrainMetrics
@@ -30,6 +31,17 @@ def _mb(memory: dict, estimate: dict | None = None) -> str:
         work = f", the model and its work {memory['work_peak_rss_mb']:,.0f} MB" if "work_peak_rss_mb" in memory else ""
         return f"process peak RSS {memory['process_peak_rss_mb']:,.0f} MB{work} (no GPU){planned}"
     return "n/a"
+
+
+def p_value(comparison: dict) -> str:
+    """McNemar's p, as a bound where it underflowed a double (reports before its logarithm was kept)."""
+    p, log10 = comparison["mcnemar_exact_p"], comparison.get("mcnemar_log10_p")
+    if p > 0:
+        return f"p = {p:.3g}"
+    if log10 is None:
+        return "p < 1e-307"
+    exponent = math.floor(log10)
+    return f"p = {10 ** (log10 - exponent):.2g}e{exponent}"
 
 
 def _cell(text: str) -> str:
@@ -86,7 +98,7 @@ def _headline(rep: Report, plots: list[tuple[str, str]]) -> list[str]:
         "",
         f"Difference (fine-tuned − base): **{100 * cmp_['difference']:+.1f} points** "
         f"(95% CI {100 * cmp_['ci95'][0]:+.1f} to {100 * cmp_['ci95'][1]:+.1f}); fine-tuning fixed "
-        f"{cmp_['fixed']:,} examples and broke {cmp_['broken']:,}; McNemar exact p = {cmp_['mcnemar_exact_p']:.3g}.",
+        f"{cmp_['fixed']:,} examples and broke {cmp_['broken']:,}; McNemar exact {p_value(cmp_)}.",
         "",
     ]
     return out + [f"![{t}]({f})" for t, f in plots]

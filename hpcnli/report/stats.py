@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats
+from scipy import special, stats
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 Z95 = stats.norm.ppf(0.975)
@@ -29,12 +29,16 @@ def paired_difference(base_correct: list[bool], tuned_correct: list[bool]) -> di
     diff = (fixed - broken) / n
     se = math.sqrt(max(fixed + broken - (fixed - broken) ** 2 / n, 0.0)) / n
     p = float(stats.binomtest(fixed, fixed + broken, 0.5).pvalue) if fixed + broken else 1.0
+    # p underflows to 0 beyond about 1e-308 (2,678 fixed against 285 broken): its logarithm does not
+    tail = stats.binom.logpmf(range(min(fixed, broken) + 1), fixed + broken, 0.5)  # in log space: no underflow
+    log_p = float(special.logsumexp(tail)) + math.log(2) if fixed + broken else 0.0
     return {
         "difference": diff,
         "ci95": [diff - Z95 * se, diff + Z95 * se],
         "fixed": fixed,
         "broken": broken,
         "mcnemar_exact_p": p,
+        "mcnemar_log10_p": min(0.0, float(log_p) / math.log(10)),
     }
 
 
