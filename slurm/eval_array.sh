@@ -3,6 +3,8 @@
 #   sbatch --array=0-1 slurm/eval_array.sh RUN_DIR base|finetuned [CONFIG]
 #   sbatch --array=0-1 --dependency=afterok:<finetune job> slurm/eval_array.sh RUN_DIR finetuned
 # The array must cover 0..eval.num_shards-1 of the run's config; the shard is SLURM_ARRAY_TASK_ID.
+# GPUs: add --gpus-per-node=N (one per training process; 1 for an eval task). A run planned with
+# resources.gpus_per_node > 0 refuses, in one line, to run where it sees no GPU.
 # Every #SBATCH line below is a default; options on the sbatch command line override it.
 #SBATCH --job-name=hpcnli-eval
 #SBATCH --partition=gpu

@@ -5,6 +5,8 @@
 # Plans RUN_DIR from CONFIG on first use. Requeue-safe: training resumes from its last checkpoint; 90 s before the
 # time limit (--signal, to the batch shell that exec becomes) it checkpoints and requeues itself (run.stages).
 # Data parallel: sbatch --nodes=M --ntasks-per-node=N (--gpus-per-node=N on GPUs) starts N x M processes.
+# GPUs: add --gpus-per-node=N (one per training process; 1 for an eval task). A run planned with
+# resources.gpus_per_node > 0 refuses, in one line, to run where it sees no GPU.
 # Every #SBATCH line below is a default; options on the sbatch command line override it.
 #SBATCH --job-name=hpcnli-finetune
 #SBATCH --partition=gpu

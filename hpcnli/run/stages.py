@@ -4,7 +4,7 @@
     base (array of eval.num_shards, starts at once) ────────────┴─afterany─▶ reduce
 
 Each stage is a module with `run_task(cfg, paths, stage, task, job)` (what a Slurm job or array task runs)
-and a `main(argv)` for `python -m <module> RUN_DIR [--task N]` (what the local executor and the sbatch
+and a `main(argv)` for `python -m <module> RUN_DIR [--model M --shard N]` (what the local executor and sbatch
 scripts run). Adding a stage: its module, a row here, and its outputs in run.state (`remaining_work`).
 
 One retry policy for both launchers (`retry_round`): once every stage before the gathering stage (reduce)
