@@ -16,6 +16,7 @@ from hpcnli.data import nli
 from hpcnli.data.batching import BatchRule, batch_tokens, global_batches
 from hpcnli.io import read_json, read_jsonl
 from hpcnli.model import footprint, loading
+from hpcnli.records import TestManifest
 from hpcnli.run.paths import RunPaths
 from hpcnli.scoring.engine import predict
 from hpcnli.scoring.prompts import tokenize_prompts
@@ -279,7 +280,7 @@ def test_eval_weights_are_made_once_and_score_as_a_fresh_load(smoke_run):
     assert not smoke_run.eval_weights_root.exists()  # the complete report removed them
     # the shard that read the weights back scored exactly as a model quantized and dequantized afresh
     model = loading.load_eval_model(cfg, smoke_run.adapter).eval()
-    manifest = read_json(smoke_run.test_manifest)
+    manifest = TestManifest.read(smoke_run.test_manifest)
     from hpcnli.evaluate import shard_examples
 
     fresh = predict(model, loading.load_tokenizer(cfg), cfg, shard_examples(cfg, manifest, 1))
@@ -296,7 +297,7 @@ def test_stale_eval_weights_are_not_reused(smoke_run, tmp_path):
     shutil.copytree(smoke_run.run_dir, run)
     paths = RunPaths(run)
     cfg = load_config(paths.config)
-    _, source = eval_model(cfg, paths, "finetuned")
+    _, source, _ = eval_model(cfg, paths, "finetuned")
     assert source == "written"
     assert eval_model(cfg, paths, "finetuned")[1] == "read"
     marker = paths.eval_weights("finetuned") / "COMPLETE"

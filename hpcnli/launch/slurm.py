@@ -112,7 +112,9 @@ def submit_slurm(cfg: RunConfig, paths: RunPaths, work: Work, wait: bool = False
         if not tasks:
             continue
         after_ok = [depend_on[d] for d in s.after_ok if d in depend_on]
-        after_any = list(depend_on.values()) if s.gathers else []
+        # the gathering stage waits for the stages submitted before it that nothing else submitted waits for
+        waited_on = {d for n in depend_on for d in stage(n).after_ok}
+        after_any = [job for n, job in depend_on.items() if n not in waited_on] if s.gathers else []
         submitted[s.name], depend_on[s.name] = _submit_stage(cfg, paths, s, tasks, after_ok, after_any, retries)
 
     SubmissionLedger(paths).record(submitted, retries_left=retries)

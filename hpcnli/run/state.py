@@ -96,15 +96,6 @@ def check_shard(
     problem = _shard_metrics_problem(cfg, model, shard, metrics, expected)
     if problem:
         return [], None, problem
-    if metrics.predictions_sha256 is not None and metrics.predictions_sha256 != file_sha256(pred_file):
-        return (
-            [],
-            None,
-            (
-                f"{pred_file.name} is not the file its metrics describe (sha256 {file_sha256(pred_file)}, recorded "
-                f"{metrics.predictions_sha256}): replaced or edited since it was written"
-            ),
-        )
     for i, r in enumerate(rows):
         if not (
             isinstance(r, dict)
@@ -136,6 +127,15 @@ def check_shard(
             (
                 f"{len(ids)} rows for {len(expected_ids)} expected examples "
                 f"({foreign} id(s) that belong to no example of this shard)"
+            ),
+        )
+    if metrics.predictions_sha256 is not None and metrics.predictions_sha256 != file_sha256(pred_file):
+        return (
+            [],
+            None,
+            (
+                f"{pred_file.name} is not the file its metrics describe (sha256 {file_sha256(pred_file)}, recorded "
+                f"{metrics.predictions_sha256}): replaced or edited since it was written"
             ),
         )
     return rows, metrics, None
