@@ -9,7 +9,6 @@ the evaluation reads, so fine-tuning trains exactly the answer that is scored.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import random
@@ -174,13 +173,14 @@ class StopRequest:
 
 
 @contextmanager
-def stop_requested(stop: StopRequest):
+def stop_requested():
     """The fine-tune's one preemption mechanism. SIGTERM (Slurm's requeue, preemption and scancel, KillWait
     seconds before SIGKILL; the local executor's stop) and SIGUSR2 (Slurm's warning SIGNAL_LEAD_S before the
     time limit, asked for by `--signal=USR2@90`; Slurm may send it up to a minute early) only set a flag, also
     while the model loads (an exception raised inside a library's loading code would be caught there): training
     ends at its next step with a checkpoint instead of being killed half-written. What follows is `run_task`'s:
     a requeue on the time-limit warning."""
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
@@ -332,7 +332,7 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
     return state, passes, time.perf_counter() - t0
 
 
-def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopRequest | None = None) -> TrainMetrics:
+def run(cfg, paths: RunPaths, env: JobEnvironment | None = None) -> TrainMetrics:
     """Train, then write the adapter and train_metrics.json (rank 0 only); returns the metrics."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -346,31 +346,38 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopReque
     cfg = resolve_in_stage(cfg, "finetune")
     t = cfg.train
     set_seed(t.seed)
-    # cpu=True where there is no GPU: Accelerate then forms a gloo group of the processes a launcher started
-    # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself (Accelerate
-    # would step it once per process, for data loaders it shards; here each step is one global batch already).
-    device = stage_device(cfg, env.local_rank, env.local_world_size or 1)
-    estimate = planned_estimate(paths, "finetune")  # read (and checked) before the work, not after it
-    accelerator = Accelerator(
-        gradient_accumulation_steps=t.grad_accum, cpu=device.type == "cpu", step_scheduler_with_optimizer=False
-    )
-    train = load_split(cfg, "train")
-    log.info(
-        "train set: %d examples from %s (%d without gold label dropped)",
-        len(train.examples),
-        train.source,
-        train.dropped,
-    )
-    trainee = prepare_model_and_data(
-        cfg, train, {"train_config_hash": planned.train_hash(), "train_data_hash": train.content_hash}
-    )
-    with stop_requested(stop or StopRequest()) as requested:
-        state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, requested)
+    # From here on, SIGTERM and the time-limit warning only set a flag (stop_requested): one that comes while the
+    # model loads is kept, not raised inside a library's loader, and training stops at its next step.
+    with stop_requested() as stop:
+        device = stage_device(cfg, env.local_rank, env.local_world_size or 1)
+        estimate = planned_estimate(paths, "finetune")  # read (and checked) before the work, not after it
+        # cpu=True where there is no GPU: Accelerate then forms a gloo group of the processes a launcher started.
+        # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself
+        # (Accelerate would step it once per process; here each step is one global batch already).
+        accelerator = Accelerator(
+            gradient_accumulation_steps=t.grad_accum, cpu=device.type == "cpu", step_scheduler_with_optimizer=False
+        )
+        train = load_split(cfg, "train")
+        log.info(
+            "train set: %d examples from %s (%d without gold label dropped)",
+            len(train.examples),
+            train.source,
+            train.dropped,
+        )
+        trainee = prepare_model_and_data(
+            cfg, train, {"train_config_hash": planned.train_hash(), "train_data_hash": train.content_hash}
+        )
+        state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, stop)
     losses = state["losses"]
 
     accelerator.wait_for_everyone()
     processes_per_node = env.local_world_size or accelerator.num_processes
     per_rank = memory_of_every_rank(accelerator, peak_memory(trainee.rss_before_model_mb))
+    adapter_bytes = 0  # only rank 0 writes the adapter
+    if accelerator.is_main_process:
+        with directory_aside(paths.adapter) as staging:
+            accelerator.unwrap_model(trainee.model).save_pretrained(staging, safe_serialization=True)
+            adapter_bytes = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
     metrics = TrainMetrics(
         schema_version=TrainMetrics.VERSION,
         train_examples=len(train.examples),
@@ -401,13 +408,9 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None, stop: StopReque
         per_process_batch_size=t.batch_size if t.batch_tokens is None else None,
         effective_batch_size=state["seen"] / max(1, state["step"]),  # pairs per optimizer step
         inputs=trainee.inputs,
-        adapter_bytes=0,
+        adapter_bytes=adapter_bytes,
     )
     if accelerator.is_main_process:
-        with directory_aside(paths.adapter) as staging:
-            accelerator.unwrap_model(trainee.model).save_pretrained(staging, safe_serialization=True)
-            adapter_bytes = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
-        metrics = dataclasses.replace(metrics, adapter_bytes=adapter_bytes)
         metrics.write(paths.train_metrics)
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the final adapter supersedes them
         log.info("trained %d steps in %.1f s; adapter in %s", state["step"], runtime, paths.adapter)
@@ -421,8 +424,7 @@ def run_task(cfg, paths: RunPaths, stage: Stage, task: int, job: JobEnvironment)
     preempted job itself."""
     limit_signal = f"SIG{TIME_LIMIT_SIGNAL}"
     try:
-        with stop_requested(StopRequest()) as requested:  # from the start: a signal while loading is kept too
-            run(cfg, paths, job, requested)
+        run(cfg, paths, job)
     except Preempted as stop:
         if stop.signal_name != limit_signal or job.job_id is None:
             raise

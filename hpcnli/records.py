@@ -15,6 +15,7 @@ version whose fields they hold (`unversioned_version`).
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ def _type_ok(value: Any, tp: Any) -> bool:
     if value is None:
         return type(None) in typing.get_args(tp) or tp is Any
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in typing.get_args(tp) if a is not type(None))
     base = origin or tp
     if base is Any or dataclasses.is_dataclass(base):

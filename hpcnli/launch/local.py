@@ -65,6 +65,8 @@ def run_stages(cfg: RunConfig, paths: RunPaths, work: Work, keep_fds: tuple[int,
                 name = stage.task_name(task) + (f"_retry{attempt}" if attempt else "")
                 if not _run_stage(paths, name, command(cfg, stage, run, task), keep_fds) and stage is FINETUNE:
                     print("fine-tuning failed; the base-model shards still run", flush=True)
+        if attempt == cfg.resources.max_retries:
+            break  # no retry left: the reduce stage reports what is missing
         work = retry_round(cfg, paths)
         if not work.before_gathering():
             break

@@ -96,9 +96,8 @@ def _submit_stage(
         ex.update_parameters(dependency="afterany:" + ":".join(after_any))
     if s.sharded:
         jobs = ex.map_array(StageJob(s.name), [run] * len(tasks), tasks)
-        return {"array_job_id": _array_id(jobs), "shards": tasks, "task_job_ids": [j.job_id for j in jobs]}, _array_id(
-            jobs
-        )
+        array = _array_id(jobs)
+        return {"array_job_id": array, "shards": tasks, "task_job_ids": [j.job_id for j in jobs]}, array
     job = ex.submit(StageJob(s.name), run, tasks[0], retries)
     return job.job_id, job.job_id
 
@@ -112,9 +111,10 @@ def submit_slurm(cfg: RunConfig, paths: RunPaths, work: Work, wait: bool = False
         if not tasks:
             continue
         after_ok = [depend_on[d] for d in s.after_ok if d in depend_on]
-        # the gathering stage waits for the stages submitted before it that nothing else submitted waits for
-        waited_on = {d for n in depend_on for d in stage(n).after_ok}
-        after_any = [job for n, job in depend_on.items() if n not in waited_on] if s.gathers else []
+        after_any = []
+        if s.gathers:  # it waits for the stages submitted before it that nothing else submitted waits for
+            waited_on = {d for n in depend_on for d in stage(n).after_ok}
+            after_any = [job for n, job in depend_on.items() if n not in waited_on]
         submitted[s.name], depend_on[s.name] = _submit_stage(cfg, paths, s, tasks, after_ok, after_any, retries)
 
     SubmissionLedger(paths).record(submitted, retries_left=retries)

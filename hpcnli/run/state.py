@@ -129,12 +129,13 @@ def check_shard(
                 f"({foreign} id(s) that belong to no example of this shard)"
             ),
         )
-    if metrics.predictions_sha256 is not None and metrics.predictions_sha256 != file_sha256(pred_file):
+    actual = file_sha256(pred_file) if metrics.predictions_sha256 is not None else None
+    if actual != metrics.predictions_sha256:
         return (
             [],
             None,
             (
-                f"{pred_file.name} is not the file its metrics describe (sha256 {file_sha256(pred_file)}, recorded "
+                f"{pred_file.name} is not the file its metrics describe (sha256 {actual}, recorded "
                 f"{metrics.predictions_sha256}): replaced or edited since it was written"
             ),
         )
