@@ -38,6 +38,7 @@ from hpcnli.run.paths import MODELS, RunPaths
 from hpcnli.run.stages import Stage
 from hpcnli.run.state import adapter_sha256, file_sha256, test_set_changed, training_done
 from hpcnli.scoring.engine import predict
+from hpcnli.scoring.precision import eval_matmul, matmul_precision, rescore_near_ties
 
 log = logging.getLogger("hpcnli.evaluate")
 
@@ -117,7 +118,10 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     examples = shard_examples(cfg, manifest, shard)
     log.info("%s model, shard %d/%d: %d examples", model_kind, shard, cfg.eval.num_shards, len(examples))
 
-    stage_device(cfg)  # one process, one GPU (or the CPU) as planned; refused before anything loads
+    device = stage_device(cfg)  # one process, one GPU (or the CPU) as planned; refused before anything loads
+    # A float32 model's products may round (TF32 on a GPU); a bf16 model's are bf16 already.
+    float32_model = dtype_name(stage_dtype(cfg.model.dtype, "eval")) == "float32"
+    matmul = eval_matmul(cfg.eval.matmul, device) if float32_model else "float32"
     estimate = planned_estimate(paths, "eval")  # read (and checked) before the work, not after it
     cfg = resolve_in_stage(cfg, "eval")
     import_model_libraries(cfg)
@@ -133,7 +137,14 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
     reset_peak_memory()
     t0 = time.perf_counter()
     timing: dict = {}
-    rows = predict(model, tokenizer, cfg, examples, timing)
+    with matmul_precision(matmul, device):
+        rows = predict(model, tokenizer, cfg, examples, timing)
+    rescore = {}
+    if matmul != "float32":  # near-ties scored again in full float32, which decides them
+        rescore = rescore_near_ties(
+            rows, lambda near: predict(model, tokenizer, cfg, [examples[i] for i in near]), cfg.eval.rescore_margin
+        )
+        log.info("%s products; re-scored in float32: %s", matmul, rescore)
     runtime = time.perf_counter() - t0
     broken = [r["id"] for r in rows if not all(math.isfinite(s) for s in r["scores"])]
     if broken:
@@ -168,6 +179,11 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
         memory_estimate=estimate,
         weights_wait_s=wait_s,
         predictions_sha256=file_sha256(paths.shard_predictions(model_kind, shard)),
+        matmul=matmul,
+        rescore_margin=cfg.eval.rescore_margin if rescore else None,
+        rescored=rescore.get("rescored", 0),
+        rescore_changed=rescore.get("rescore_changed", 0),
+        rescore_max_shift=rescore.get("rescore_max_shift"),
         warmup_s=warm_s,
         warmup_examples=warm_n,
         steady_examples_per_s=(len(rows) - warm_n) / (runtime - warm_s) if len(rows) > warm_n else None,

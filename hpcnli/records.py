@@ -185,7 +185,7 @@ class ShardMetrics(Record):
 
     Version 1 (unversioned files) had no test-set or adapter hash; some carry share_prefix and batch_tokens."""
 
-    VERSION: ClassVar[int] = 3
+    VERSION: ClassVar[int] = 4
     NAME: ClassVar[str] = "shard metrics"
     OPTIONAL_IN_V1: ClassVar[frozenset] = frozenset(
         {"share_prefix", "batch_tokens", "memory_estimate", "test_content_hash", "adapter_sha256"}
@@ -219,6 +219,11 @@ class ShardMetrics(Record):
     warmup_examples: int | None = since(3)
     steady_examples_per_s: float | None = since(3)  # the batches after the first
     predictions_sha256: str | None = since(3)  # ties the predictions file to these metrics
+    matmul: str | None = since(4)  # precision of float32 products: float32, tf32, bf16 (hpcnli.scoring.precision)
+    rescore_margin: float | None = since(4)  # nats; None: nothing re-scored (full float32 products)
+    rescored: int | None = since(4)  # pairs re-scored in full float32 (their two best scores within the margin)
+    rescore_changed: int | None = since(4)  # of those, pairs whose prediction the float32 scores changed
+    rescore_max_shift: float | None = since(4)  # the largest score change the re-scoring saw (nats)
 
     @classmethod
     def unversioned_version(cls, data: dict) -> int:

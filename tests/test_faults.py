@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from hpcnli.run.paths import MODELS, RunPaths
-from test_slurm import sacct, sh, wait_done
+from test_slurm import dependency, sacct, sh, wait_done
 
 pytestmark = pytest.mark.slurm
 FAULT_CFG = ["train.max_steps=6", "train.checkpoint_every=2", "resources.max_retries=1"]
@@ -28,8 +28,8 @@ def submit(run_dir, *extra):
         "gpu",
         "--run-dir",
         run_dir,
-        *extra,
         *FAULT_CFG,
+        *extra,
     )
     return json.loads((run_dir / "plan.json").read_text())["submissions"][0]["jobs"]
 
@@ -58,6 +58,17 @@ def wait_until(cond, what, timeout=600):
             return
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def pending(job_id) -> bool:
+    return job_id in sh("squeue", "--noheader", "--states=PENDING", "--format=%i", "--jobs", job_id).split()
+
+
+def requeue_now(job_id) -> None:
+    """Requeue a job and let it start again at once (Slurm holds a requeued job for a while)."""
+    sh("scontrol", "requeue", job_id)
+    wait_until(lambda: pending(job_id), f"job {job_id} to be pending again")
+    sh("scontrol", "update", f"jobid={job_id}", "StartTime=now")
 
 
 def running(job_id) -> bool:
@@ -98,8 +109,7 @@ def test_cancel_kill_and_requeue_recover(reference, tmp_path):
     # 3. requeue the training job after its first checkpoint; let it start again at once.
     ckpt = RunPaths(run_dir).checkpoints
     wait_until(lambda: any(ckpt.glob("step_*/COMPLETE")), "the first training checkpoint")
-    sh("scontrol", "requeue", train)
-    subprocess.run(["scontrol", "update", f"jobid={train}", "StartTime=now"], capture_output=True)
+    requeue_now(train)
 
     plan = wait_for_run(run_dir)
     states = sacct([f"{base}_0", f"{base}_1"])
@@ -110,6 +120,38 @@ def test_cancel_kill_and_requeue_recover(reference, tmp_path):
     assert train_metrics["restarts"] == 1  # resumed from the checkpoint, not from scratch
     assert predictions(run_dir) == predictions(reference)
     assert json.loads(RunPaths(run_dir).report_json.read_text())["complete"]
+
+
+def test_a_fine_tune_still_queued_when_reduce_runs_is_waited_for(reference, tmp_path):
+    """Slurm may cancel an afterok array (kill-on-invalid-dep) when the fine-tune it waits for ends one run to be
+    requeued; the reduce job then runs while the fine-tune is still queued. It must not report the fine-tune as
+    failed: it resubmits the fine-tuned shards after the queued job, without using a retry (max_retries=0)."""
+    run_dir = tmp_path / "held"
+    jobs = submit(run_dir, "resources.max_retries=0")
+    train, finetuned = jobs["finetune"], jobs["finetuned"]["array_job_id"]
+    subprocess.run(["scontrol", "hold", train], capture_output=True)  # succeeds on a running job, doing nothing
+    deadline = time.time() + 120
+    while not pending(train):  # it was running: end this run and hold it in the queue
+        assert time.time() < deadline and train in sh("squeue", "--noheader", "--format=%i").split(), "not held"
+        subprocess.run(["scontrol", "requeuehold", train], capture_output=True)
+        time.sleep(1)
+    subprocess.run(["scancel", finetuned], capture_output=True)  # Slurm may have cancelled it already
+
+    def resubmitted():
+        return len(json.loads((run_dir / "plan.json").read_text())["submissions"]) == 2
+
+    wait_until(resubmitted, "the reduce job to resubmit the fine-tuned shards")
+    second = json.loads((run_dir / "plan.json").read_text())["submissions"][1]
+    assert second["jobs"]["finetune"] is None and second["jobs"]["base"] is None
+    assert second["jobs"]["finetuned"]["shards"] == [0, 1]
+    assert second["retries_left"] == 0
+    assert f"afterok:{train}" in dependency(second["jobs"]["finetuned"]["array_job_id"])
+    sh("scontrol", "release", train)
+    sh("scontrol", "update", f"jobid={train}", "StartTime=now")
+
+    wait_for_run(run_dir)
+    assert json.loads(RunPaths(run_dir).report_json.read_text())["complete"]
+    assert predictions(run_dir) == predictions(reference)
 
 
 def test_truncated_shard_is_redone_by_resume(reference, tmp_path):

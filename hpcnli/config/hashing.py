@@ -27,11 +27,19 @@ def plain(obj: Any) -> Any:
     return obj
 
 
+# Keys added to what predictions depend on after runs were written: at these values they are left out of
+# the hash, so that those runs' shards stay current (auto is float32 on a CPU, as every earlier run scored).
+LATER_PREDICTION_KEYS = {("eval", "matmul"): "auto", ("eval", "rescore_margin"): 0.25}
+
+
 def prediction_hash(cfg) -> str:
-    """Every key but resources, name and output_root."""
+    """Every key but resources, name and output_root (and LATER_PREDICTION_KEYS at their first values)."""
     d = cfg.to_dict()
     for k in ("resources", "name", "output_root"):
         d.pop(k)
+    for (section, key), value in LATER_PREDICTION_KEYS.items():
+        if d[section].get(key) == value:
+            del d[section][key]
     return short_hash(d)
 
 

@@ -192,6 +192,12 @@ class EvalConfig:
     # key/value cache for each hypothesis (same scores up to float rounding). false = every prompt whole.
     # The caches of PREFIX_CHUNK_BATCHES × batch_size premise groups are held at once.
     share_prefix: bool = setting(True, shapes_adapter=False)
+    # Precision of a float32 model's matrix products: "tf32" (GPUs of compute capability 8.0+: tensor
+    # cores), "bf16" (CPUs with AMX or AVX512-BF16), "float32", or "auto": tf32 on such a GPU, else float32.
+    # Pairs whose two best label scores end closer than rescore_margin nats are scored again in full float32
+    # (hpcnli.scoring.precision); the shard metrics and the report say how many, and what that changed.
+    matmul: str = setting("auto", shapes_adapter=False, check=one_of(("auto", "float32", "tf32", "bf16")))
+    rescore_margin: float = setting(0.25, shapes_adapter=False, check=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -296,7 +302,15 @@ class RunConfig:
                 ("eval.batch_tokens", self.eval.batch_tokens),
             )
             if isinstance(budget, int) and budget < n
-        ]
+        ] + self._matmul_checks()
+
+    def _matmul_checks(self) -> list[str]:
+        gpus = self.resources.gpus_per_node > 0
+        if self.eval.matmul == "tf32" and not gpus:
+            return ["eval.matmul: tf32 needs GPUs (resources.gpus_per_node > 0); on CPUs use bf16, float32 or auto"]
+        if self.eval.matmul == "bf16" and gpus:
+            return ["eval.matmul: bf16 products are the CPU's; on GPUs use tf32, float32 or auto"]
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         return hashing.plain(dataclasses.asdict(self))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import submitit
 
+from hpcnli.cluster.commands import live_jobs
 from hpcnli.cluster.env import JobEnvironment, outside_job_env
 from hpcnli.config import RunConfig, load_config
 from hpcnli.logs import setup_logging
@@ -61,15 +62,21 @@ class StageJob:
         paths = RunPaths(Path(run_dir))
         cfg = load_config(paths.config)
         if s.gathers:
-            retry = retry_round(cfg, paths)
-            if retries_left > 0 and retry.before_gathering():
+            queued = queued_stages(paths)
+            retry = retry_round(cfg, paths, frozenset(queued))
+            # Waiting for a stage the cluster still holds (a requeued fine-tune whose dependents Slurm cancelled
+            # when its first run ended) is not a retry: its dependents go again, after it, whatever is left.
+            waiting = any(set(x.after_ok) & queued.keys() for x in STAGES if retry.todo(x))
+            if retry.before_gathering() and (retries_left > 0 or waiting):
                 log.warning(
-                    "tasks missing (%s); resubmitting them (%d retries left)",
+                    "tasks missing (%s); resubmitting them%s (%d retries left)",
                     {k: v for k, v in retry.tasks.items() if v},
+                    f" after the queued {sorted(queued.values())}" if waiting else "",
                     retries_left,
                 )
                 with outside_job_env():
-                    submit_slurm(cfg, paths, retry, wait=False, retries=retries_left - 1)
+                    left = retries_left if waiting else retries_left - 1
+                    submit_slurm(cfg, paths, retry, wait=False, retries=left, queued=queued)
                 return "resubmitted"
         return importlib.import_module(s.module).run_task(cfg, paths, s, task, env)
 
@@ -102,10 +109,26 @@ def _submit_stage(
     return job.job_id, job.job_id
 
 
-def submit_slurm(cfg: RunConfig, paths: RunPaths, work: Work, wait: bool = False, retries: int | None = None) -> int:
+def queued_stages(paths: RunPaths) -> dict[str, str]:
+    """The run's stages (the gathering stage aside) whose newest job squeue still lists: stage name -> job id."""
+    newest = {n: j for n, j in SubmissionLedger(paths).newest_jobs().items() if not stage(n).gathers}
+    live = set(live_jobs(list(newest.values())))
+    return {n: j for n, j in newest.items() if j in live}
+
+
+def submit_slurm(
+    cfg: RunConfig,
+    paths: RunPaths,
+    work: Work,
+    wait: bool = False,
+    retries: int | None = None,
+    queued: dict[str, str] | None = None,
+) -> int:
+    """Submit the work's stages with their dependencies; `queued`: stages whose jobs are still in the queue
+    (stage name -> job id), which the stages submitted now wait for as for their own."""
     retries = cfg.resources.max_retries if retries is None else retries
     submitted: dict = {s.name: None for s in STAGES}
-    depend_on: dict[str, str] = {}
+    depend_on: dict[str, str] = dict(queued or {})
     for s in STAGES:
         tasks = work.todo(s)
         if not tasks:

@@ -233,6 +233,24 @@ def _jobs(rep: Report) -> list[str]:
     return out
 
 
+def _rounded_products(rep: Report) -> list[str]:
+    """What float32 products that round (eval.matmul: tf32, bf16) did to the predictions: near-ties re-scored."""
+    rounded = [s for m in MODELS for s in rep.shards[m] if s.rescore_margin is not None]
+    if not rounded:
+        return []
+    kinds = ", ".join(sorted({str(s.matmul) for s in rounded}))
+    pairs = sum(s.examples for s in rounded)
+    rescored = sum(s.rescored or 0 for s in rounded)
+    changed = sum(s.rescore_changed or 0 for s in rounded)
+    shift = max(s.rescore_max_shift or 0.0 for s in rounded)
+    margins = ", ".join(f"{m:g}" for m in sorted({s.rescore_margin for s in rounded if s.rescore_margin is not None}))
+    return [
+        f"- evaluation products: {kinds} (float32 weights) in {len(rounded)} shard(s); the {rescored:,} of "
+        f"{pairs:,} pairs whose two best scores were within {margins} nats were scored again in full float32, "
+        f"which changed {changed:,} prediction(s); largest score shift {shift:.3g} nats"
+    ]
+
+
 def _provenance(rep: Report) -> list[str]:
     cfg, ts, train = rep.config, rep.test_set, rep.training
     out = [
@@ -248,7 +266,7 @@ def _provenance(rep: Report) -> list[str]:
         f"- compute dtype (model.dtype `{cfg['model']['dtype']}`): training "
         f"{train.dtype if train and train.dtype else 'n/a'}, evaluation "
         + ", ".join(sorted({s.dtype for m in MODELS for s in rep.shards[m]})),
-    ]
+    ] + _rounded_products(rep)
     prov = rep.provenance or {}
     if prov:
         out.append(

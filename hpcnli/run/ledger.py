@@ -56,6 +56,15 @@ class SubmissionLedger:
         """Every job and array id ever submitted for the run."""
         return sorted({j for s in self.submissions() for j in s.job_ids()})
 
+    def newest_jobs(self) -> dict[str, str]:
+        """Each stage's newest job or array id (stage name -> id), over every submission."""
+        newest: dict[str, str] = {}
+        for sub in self.submissions():
+            newest.update(
+                {name: v["array_job_id"] if isinstance(v, dict) else str(v) for name, v in sub.jobs.items() if v}
+            )
+        return newest
+
     def last_reduce_job(self) -> str | None:
         subs = self.submissions()
         return subs[-1].jobs[REDUCE.name] if subs else None

@@ -220,13 +220,17 @@ def remaining_work(cfg, paths: RunPaths, force: bool = False) -> Work:
     return work
 
 
-def retry_round(cfg, paths: RunPaths) -> Work:
+def retry_round(cfg, paths: RunPaths, queued: frozenset[str] = frozenset()) -> Work:
     """The one retry policy of both launchers, once the stages before reduce have ended: the tasks of `retried`
     stages still missing or invalid, except those that wait on a stage that failed (reported instead), and
-    the gathering stage after them."""
+    the gathering stage after them. `queued`: stages whose job the cluster still holds (a fine-tune that Slurm
+    requeued): not failed, not submitted again; the tasks that wait on them are retried (after them)."""
     left = remaining_work(cfg, paths)
-    failed = {s.name for s in STAGES if left.todo(s) and not s.retried and not s.gathers}
-    retry = {s.name: left.todo(s) if s.retried and not failed & set(s.after_ok) else [] for s in STAGES}
+    failed = {s.name for s in STAGES if left.todo(s) and not s.retried and not s.gathers} - queued
+    retry = {
+        s.name: left.todo(s) if s.retried and s.name not in queued and not failed & set(s.after_ok) else []
+        for s in STAGES
+    }
     return Work({**retry, **{s.name: s.tasks(cfg) for s in STAGES if s.gathers}})  # and the gathering stage again
 
 
