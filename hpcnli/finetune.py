@@ -49,6 +49,7 @@ from hpcnli.run.paths import ADAPTER_WEIGHTS, RunPaths
 from hpcnli.run.stages import FINETUNE, MAX_REQUEUES, SIGNAL_LEAD_S, TIME_LIMIT_SIGNAL, Stage
 from hpcnli.run.state import training_problem
 from hpcnli.scoring.engine import training_logits
+from hpcnli.scoring.heldout import better, curve_pairs, score_point
 from hpcnli.scoring.prompts import label_token_ids, pad_left, tokenize_prompts
 
 log = logging.getLogger("hpcnli.finetune")
@@ -82,7 +83,17 @@ def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -
         paths.checkpoint_complete(staging).touch()
     for old in paths.other_checkpoints(target):
         shutil.rmtree(old, ignore_errors=True)
+    best = state.get("best")
+    for old in paths.best_adapters.glob("step_*"):  # a resumed run needs only the best its checkpoint names
+        if best is None or paths.step_of(old) != best["step"]:
+            shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint at step %d: %s", state["step"], target)
+
+
+def save_best_adapter(paths: RunPaths, model, step: int) -> None:
+    """train.keep: best: the adapter of a new best held-out step (the older bests go at the next checkpoint)."""
+    with directory_aside(paths.best_adapter(step)) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler, inputs: dict) -> dict | None:
@@ -116,9 +127,11 @@ class Trainee:
     load_s: float
     inputs: dict  # what the adapter depends on: {train_config_hash, train_data_hash}
     rss_before_model_mb: float | None  # resident memory before the model was loaded (the work's baseline)
+    columns: list[int] | None  # the label words' logit columns when the output layer is narrowed to them
+    held_out: list[dict]  # the pairs of the learning curve (train.eval_every; empty: none)
 
 
-def prepare_model_and_data(cfg, train, inputs: dict) -> Trainee:
+def prepare_model_and_data(cfg, train, inputs: dict, held_out: list[dict]) -> Trainee:
     import_model_libraries(cfg)
     rss_before = resident_mb()
     t_load = time.perf_counter()
@@ -132,11 +145,13 @@ def prepare_model_and_data(cfg, train, inputs: dict) -> Trainee:
     load_s = time.perf_counter() - t_load
     params = count_parameters(model)
     log.info("parameters: %s", params)
-    if not head and not over_vocab:  # the loss reads the label words' logits only, in label order
+    narrowed = not head and not over_vocab
+    if narrowed:  # the loss reads the label words' logits only, in label order
         narrow_output_layer(model.get_base_model(), label_ids)
     prompts = tokenize_prompts(tokenizer, cfg, train.examples)
     answers = torch.tensor([label_ids[e["label"]] if over_vocab else e["label"] for e in train.examples])
-    return Trainee(model, tokenizer, prompts, answers, params, load_s, inputs, rss_before)
+    columns = list(range(len(label_ids))) if narrowed else None
+    return Trainee(model, tokenizer, prompts, answers, params, load_s, inputs, rss_before, columns, held_out)
 
 
 def train_step(cfg, accelerator, model, optimizer, scheduler, trainee: Trainee, idx: list[int], trainable) -> float:
@@ -256,6 +271,11 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
         "losses": [],
         "restarts": 0,
         "inputs": trainee.inputs,
+        "curve": [],  # held-out points (train.eval_every), kept in checkpoints: a resumed run neither loses nor
+        "best": None,  # repeats one; the best point so far
+        "since_best": 0,  # held-out evaluations since the best
+        "heldout_s": 0.0,  # seconds spent scoring them
+        "ended": None,  # why training ended, once it has
     }
     done = paths.complete_checkpoints()
     resumed = (
@@ -263,17 +283,59 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
         if done
         else None
     )
-    if resumed is not None:
-        state = {**resumed, "restarts": resumed["restarts"] + 1}
+    if resumed is not None:  # checkpoints written before the curve existed lack its keys
+        state = {**state, **resumed, "restarts": resumed["restarts"] + 1}
     elif done:  # stale checkpoints: a later checkpoint of this run must not sit beside them
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    if accelerator.is_main_process:  # best adapters of steps the resumed run redoes (or of another attempt)
+        for old in paths.best_adapters.glob("step_*"):
+            if state["best"] is None or paths.step_of(old) != state["best"]["step"]:
+                shutil.rmtree(old, ignore_errors=True)
     model.train()
     reset_peak_memory()
+    if cfg.train.log_with == "tensorboard":  # the same event files across requeues; redone steps replace theirs
+        accelerator.init_trackers(
+            paths.tensorboard.name, init_kwargs={"tensorboard": {"purge_step": state["step"] + 1 if resumed else 0}}
+        )
     if agreed_stop(accelerator, stop):  # asked to stop while loading: nothing new to checkpoint
         raise Preempted(stop.signal_name or "SIGTERM", state["step"], checkpointed=False)
 
+    def held_out_point() -> None:
+        point = score_point(
+            accelerator.unwrap_model(model),
+            trainee.tokenizer,
+            cfg,
+            trainee.held_out,
+            accelerator,
+            state["step"],
+            state["seen"],
+            trainee.columns,
+        )
+        state["curve"].append(point)
+        state["heldout_s"] += point["seconds"]
+        if better(point, state["best"]):
+            state["best"], state["since_best"] = point, 0
+            if t.keep == "best" and accelerator.is_main_process:
+                save_best_adapter(paths, accelerator.unwrap_model(model), state["step"])
+        else:
+            state["since_best"] += 1
+        accelerator.log({"heldout/accuracy": point["accuracy"], "heldout/loss": point["loss"]}, step=state["step"])
+        log.info(
+            "held-out at step %d: accuracy %.4f [%.4f, %.4f], loss %.4f (%d pairs, %.1f s); best step %d",
+            state["step"],
+            point["accuracy"],
+            point["ci_low"],
+            point["ci_high"],
+            point["loss"],
+            point["pairs"],
+            point["seconds"],
+            state["best"]["step"],
+        )
+
     window = []
     t0 = time.perf_counter() - state["elapsed_s"]
+    if trainee.held_out and not state["curve"]:  # the curve starts at the untrained adapter, step 0
+        held_out_point()
     for epoch in range(state["epoch"], epochs):
         batches = epoch_batches(epoch)
         first = state["batch"] if epoch == state["epoch"] else 0
@@ -303,6 +365,7 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
                         "elapsed_s": state["elapsed_s"],
                     }
                 )
+                accelerator.log({"train/loss": mean, "train/lr": scheduler.get_last_lr()[0]}, step=state["step"])
                 log.info(
                     "step %d/%d loss %.4f (%.2f examples/s)",
                     state["step"],
@@ -311,6 +374,15 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
                     state["seen"] / state["elapsed_s"],
                 )
                 window = []
+            if trainee.held_out and (state["step"] % t.eval_every == 0 or state["step"] == total_steps):
+                held_out_point()
+                state["elapsed_s"] = time.perf_counter() - t0
+                if t.early_stopping_patience and state["since_best"] >= t.early_stopping_patience:
+                    state["ended"] = (
+                        f"early stopping at step {state['step']}: {state['since_best']} held-out evaluations "
+                        f"without a better one than step {state['best']['step']}'s (train.early_stopping_patience)"
+                    )
+                    break
             if (
                 t.checkpoint_every
                 and state["step"] % t.checkpoint_every == 0
@@ -325,8 +397,11 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
                 raise Preempted(stop.signal_name or "SIGTERM", state["step"])
             if state["step"] >= total_steps:
                 break
-        if state["step"] >= total_steps:
+        if state["step"] >= total_steps or state["ended"]:
             break
+    state["ended"] = state["ended"] or (
+        f"train.max_steps {t.max_steps} reached" if t.max_steps > 0 else f"train.epochs {t.epochs} done"
+    )
     trainee.model = model
     passes = state["epoch"] + (state["batch"] > 0)  # epochs begun
     return state, passes, time.perf_counter() - t0
@@ -355,7 +430,11 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None) -> TrainMetrics
         # step_scheduler_with_optimizer=False: the loop steps the schedule once per optimizer step itself
         # (Accelerate would step it once per process; here each step is one global batch already).
         accelerator = Accelerator(
-            gradient_accumulation_steps=t.grad_accum, cpu=device.type == "cpu", step_scheduler_with_optimizer=False
+            gradient_accumulation_steps=t.grad_accum,
+            cpu=device.type == "cpu",
+            step_scheduler_with_optimizer=False,
+            log_with="tensorboard" if t.log_with == "tensorboard" else None,
+            project_dir=str(paths.run_dir),
         )
         train = load_split(cfg, "train")
         log.info(
@@ -364,11 +443,20 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None) -> TrainMetrics
             train.source,
             train.dropped,
         )
-        trainee = prepare_model_and_data(
-            cfg, train, {"train_config_hash": planned.train_hash(), "train_data_hash": train.content_hash}
+        held_out = (
+            curve_pairs(load_split(cfg, "holdout").examples, t.eval_pairs, cfg.data.subset_seed) if t.eval_every else []
         )
-        state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, stop)
+        trainee = prepare_model_and_data(
+            cfg, train, {"train_config_hash": planned.train_hash(), "train_data_hash": train.content_hash}, held_out
+        )
+        try:
+            state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, stop)
+        finally:
+            accelerator.end_training()  # the event files flushed, also when stopped
     losses = state["losses"]
+    train_s = runtime - state["heldout_s"]  # the throughputs are training's own
+    best = state["best"]
+    adapter_step = best["step"] if t.keep == "best" else state["step"]
 
     accelerator.wait_for_everyone()
     processes_per_node = env.local_world_size or accelerator.num_processes
@@ -376,7 +464,16 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None) -> TrainMetrics
     adapter_bytes = 0  # only rank 0 writes the adapter
     if accelerator.is_main_process:
         with directory_aside(paths.adapter) as staging:
-            accelerator.unwrap_model(trainee.model).save_pretrained(staging, safe_serialization=True)
+            if t.keep == "best":  # the best held-out step's adapter, as saved when it was the best
+                kept = paths.best_adapter(adapter_step)
+                if not (kept / ADAPTER_WEIGHTS).is_file():
+                    raise UserFacingError(
+                        f"train.keep: best, but the adapter of the best step {adapter_step} is not in {kept}; "
+                        f"start a new run (it was removed by hand?)"
+                    )
+                shutil.copytree(kept, staging, dirs_exist_ok=True)
+            else:
+                accelerator.unwrap_model(trainee.model).save_pretrained(staging, safe_serialization=True)
             adapter_bytes = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
     metrics = TrainMetrics(
         schema_version=TrainMetrics.VERSION,
@@ -389,8 +486,8 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None) -> TrainMetrics
         restarts=state["restarts"],
         runtime_s=runtime,
         model_load_s=trainee.load_s,
-        examples_per_s=state["seen"] / runtime,
-        tokens_per_s=state["tokens"] / runtime,
+        examples_per_s=state["seen"] / train_s,
+        tokens_per_s=state["tokens"] / train_s,
         final_loss=losses[-1]["loss"] if losses else None,
         best_loss=min(r["loss"] for r in losses) if losses else None,
         loss_curve=losses,
@@ -409,10 +506,18 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None) -> TrainMetrics
         effective_batch_size=state["seen"] / max(1, state["step"]),  # pairs per optimizer step
         inputs=trainee.inputs,
         adapter_bytes=adapter_bytes,
+        heldout_curve=state["curve"] if held_out else None,
+        heldout_pairs=len(held_out) if held_out else None,
+        heldout_s=state["heldout_s"] if held_out else None,
+        best_step=best["step"] if best else None,
+        kept=t.keep,
+        adapter_step=adapter_step,
+        ended=state["ended"],
     )
     if accelerator.is_main_process:
         metrics.write(paths.train_metrics)
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # the final adapter supersedes them
+        shutil.rmtree(paths.best_adapters, ignore_errors=True)
         log.info("trained %d steps in %.1f s; adapter in %s", state["step"], runtime, paths.adapter)
     return metrics
 

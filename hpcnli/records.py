@@ -139,9 +139,10 @@ class TrainMetrics(Record):
     """The fine-tune's outcome, written beside the adapter (rank 0).
 
     Version 1: no `inputs` (written before adapters recorded what they were trained from). Version 2: inputs
-    hashed with config.train_hash_v1 (log and checkpoint intervals counted). Version 3: config.train_hash."""
+    hashed with config.train_hash_v1 (log and checkpoint intervals counted). Version 3: config.train_hash.
+    Version 4: the held-out curve, the adapter kept and why training ended."""
 
-    VERSION: ClassVar[int] = 3
+    VERSION: ClassVar[int] = 4
     NAME: ClassVar[str] = "train_metrics.json"
 
     train_examples: int
@@ -173,6 +174,14 @@ class TrainMetrics(Record):
     per_process_batch_size: int | None = since(2)
     inputs: dict | None = since(2)
     memory_per_rank: list | None = since(3)  # each data-parallel rank's peaks; `memory` is their maximum
+    # train.eval_every: the held-out points (step, examples_seen, pairs, accuracy, ci_low, ci_high, loss, seconds)
+    heldout_curve: list | None = since(4)
+    heldout_pairs: int | None = since(4)
+    heldout_s: float | None = since(4)  # scoring them, within runtime_s (the throughputs leave it out)
+    best_step: int | None = since(4)  # the held-out point with the best accuracy (lower loss at equal accuracy)
+    kept: str | None = since(4)  # train.keep: the adapter written is the last step's or the best step's
+    adapter_step: int | None = since(4)  # the step of the adapter written (the evaluation stage scores it)
+    ended: str | None = since(4)  # why training ended: its steps or epochs done, or early stopping
 
     @classmethod
     def unversioned_version(cls, data: dict) -> int:

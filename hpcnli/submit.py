@@ -21,7 +21,7 @@ from hpcnli.config import RunConfig, load_config
 from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
 from hpcnli.launch import local
 from hpcnli.logs import setup_logging
-from hpcnli.run import memory_plan, time_plan
+from hpcnli.run import eval_resources, memory_plan, time_plan
 from hpcnli.run.lock import RunLock
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.planning import PlanError, check_resumable, create_once, create_run, slurm_problem
@@ -122,7 +122,14 @@ def print_plan(paths: RunPaths) -> None:
     """Each stage's estimated memory and the fine-tune's time, as planned."""
     planned = memory_plan.read_plan(paths)
     if planned is not None:  # runs planned before memory plans have none
-        print("\n".join(memory_plan.lines(planned) + time_plan.lines(planned.get("time"))), flush=True)
+        print(
+            "\n".join(
+                memory_plan.lines(planned)
+                + time_plan.lines(planned.get("time"))
+                + eval_resources.lines(planned.get("eval_task"))
+            ),
+            flush=True,
+        )
 
 
 def start(args) -> int:

@@ -42,6 +42,11 @@ TRAIN_KEYS = (
     "gradient_checkpointing",
     "seed",
     "log_every",
+    "eval_every",
+    "eval_pairs",
+    "keep",
+    "early_stopping_patience",
+    "log_with",
 )
 
 
@@ -508,6 +513,10 @@ ADAPTER_KEYS = (
     "train.loss",
     "train.gradient_checkpointing",
     "train.seed",
+    "train.eval_every",
+    "train.eval_pairs",
+    "train.keep",
+    "train.early_stopping_patience",
     "resources.train_processes",
 )
 # The fields resources.train_processes is computed from.

@@ -37,6 +37,9 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
         "train.log_every=1",
         "resources.time_min=3",
         "data.synthetic_train_size=200",
+        "data.holdout=16",  # and a learning curve, kept across the requeue
+        "train.eval_every=20",
+        "train.log_with=tensorboard",
     )
     job = _finetune_job(paths)
     deadline = time.time() + 600
@@ -56,4 +59,8 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     metrics = json.loads(paths.train_metrics.read_text())
     assert metrics["steps"] == 200 and metrics["restarts"] >= 1
     assert [r["step"] for r in metrics["loss_curve"]] == list(range(1, 201))  # no step lost or doubled
+    assert [p["step"] for p in metrics["heldout_curve"]] == list(range(0, 201, 20))  # nor a held-out point
+    from test_curve import scalars
+
+    assert [s for s, _ in scalars(paths)["heldout/accuracy"]] == list(range(0, 201, 20))  # the same event files
     assert json.loads(paths.report_json.read_text())["complete"]

@@ -29,7 +29,15 @@ def plain(obj: Any) -> Any:
 
 # Keys added to what predictions depend on after runs were written: at these values they are left out of
 # the hash, so that those runs' shards stay current (auto is float32 on a CPU, as every earlier run scored).
-LATER_PREDICTION_KEYS = {("eval", "matmul"): "auto", ("eval", "rescore_margin"): 0.25}
+LATER_PREDICTION_KEYS = {
+    ("eval", "matmul"): "auto",
+    ("eval", "rescore_margin"): 0.1,
+    ("train", "eval_every"): 0,
+    ("train", "eval_pairs"): 0,
+    ("train", "keep"): "last",
+    ("train", "early_stopping_patience"): 0,
+    ("train", "log_with"): "none",
+}
 
 
 def prediction_hash(cfg) -> str:
@@ -37,10 +45,15 @@ def prediction_hash(cfg) -> str:
     d = cfg.to_dict()
     for k in ("resources", "name", "output_root"):
         d.pop(k)
+    return short_hash(_without_later_keys(d))
+
+
+def _without_later_keys(d: dict) -> dict:
+    """The config dict without the LATER_PREDICTION_KEYS that hold their first values."""
     for (section, key), value in LATER_PREDICTION_KEYS.items():
-        if d[section].get(key) == value:
+        if section in d and d[section].get(key) == value:
             del d[section][key]
-    return short_hash(d)
+    return d
 
 
 def adapter_keys(cls: Any) -> tuple[str, ...]:
@@ -57,9 +70,20 @@ def adapter_keys(cls: Any) -> tuple[str, ...]:
     return tuple(keys) + getattr(cls, "ADAPTER_VALUES", ())
 
 
+# Keys that shape the adapter added after adapters were written: at these values they are left out of the hash,
+# so that those adapters stay current (held-out evaluation off trains as before).
+LATER_ADAPTER_KEYS = {
+    "train.eval_every": 0,
+    "train.eval_pairs": 0,
+    "train.keep": "last",
+    "train.early_stopping_patience": 0,
+}
+
+
 def adapter_settings(cfg) -> dict[str, Any]:
-    """{dotted key: value} for every key in adapter_keys."""
-    return {key: plain(functools.reduce(getattr, key.split("."), cfg)) for key in adapter_keys(type(cfg))}
+    """{dotted key: value} for every key in adapter_keys (LATER_ADAPTER_KEYS at their first values left out)."""
+    values = {key: plain(functools.reduce(getattr, key.split("."), cfg)) for key in adapter_keys(type(cfg))}
+    return {k: v for k, v in values.items() if not (k in LATER_ADAPTER_KEYS and LATER_ADAPTER_KEYS[k] == v)}
 
 
 def adapter_hash(cfg) -> str:
@@ -73,4 +97,4 @@ def adapter_hash_v1(cfg) -> str:
         d.pop(k)
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("test", "max_test_examples", "synthetic_test_size")}
     d["train_processes"] = cfg.resources.train_processes  # batch_size is per process
-    return short_hash(d)
+    return short_hash(_without_later_keys(d))

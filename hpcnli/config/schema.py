@@ -171,6 +171,18 @@ class TrainConfig:
     )
     seed: int = setting(0, shapes_adapter=True)
     log_every: int = setting(5, shapes_adapter=False, check=above(0))  # optimizer steps between loss records
+    # Held-out evaluation during training (hpcnli.scoring.heldout): at step 0, every eval_every optimizer steps
+    # and at the last step, score eval_pairs of the data.holdout pairs (0: all of them) as the evaluation stage
+    # scores; 0 = off. They decide the adapter with keep: best or early stopping, so they shape it.
+    eval_every: int = setting(0, shapes_adapter=True, check=at_least(0, "0 = off"))
+    eval_pairs: int = setting(0, shapes_adapter=True, check=at_least(0, "0 = all of data.holdout"))
+    # the adapter the evaluation stage scores: the last step's, or the step with the best held-out accuracy
+    keep: str = setting("last", shapes_adapter=True, check=either("last", "best"))
+    # stop after this many held-out evaluations in a row without a better one (0 = never stop early)
+    early_stopping_patience: int = setting(0, shapes_adapter=True, check=at_least(0, "0 = never"))
+    # "tensorboard": loss, learning rate and held-out metrics as event files in <run>/tensorboard (offline;
+    # `tensorboard --logdir <run>`), through Accelerate's trackers; needs the tensorboard package
+    log_with: str = setting("none", shapes_adapter=False, check=either("none", "tensorboard"))
 
     def cross_checks(self) -> list[str]:
         if self.epochs > 0 or self.max_steps > 0:
@@ -197,7 +209,7 @@ class EvalConfig:
     # Pairs whose two best label scores end closer than rescore_margin nats are scored again in full float32
     # (hpcnli.scoring.precision); the shard metrics and the report say how many, and what that changed.
     matmul: str = setting("auto", shapes_adapter=False, check=one_of(("auto", "float32", "tf32", "bf16")))
-    rescore_margin: float = setting(0.25, shapes_adapter=False, check=at_least(0))
+    rescore_margin: float = setting(0.1, shapes_adapter=False, check=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -205,12 +217,16 @@ class ResourcesConfig:
     partition: str = setting(
         "gpu", shapes_adapter=False, check=(require(bool, "empty; name a Slurm partition (sinfo lists them)"), one_line)
     )
-    # wall-time limit of the fine-tune and each eval task
+    # wall-time limit of the fine-tune (each eval task's: eval_time_min)
     time_min: int = setting(60, shapes_adapter=False, check=above(0))
     cpus_per_task: int = setting(2, shapes_adapter=False, check=above(0))
-    # CPUs of each eval array task; None = cpus_per_task
-    eval_cpus_per_task: int | None = setting(None, shapes_adapter=False, check=above(0, "or left out: cpus_per_task"))
+    # Slurm's --mem of the fine-tune (GiB, per node)
     mem_gb: int = setting(8, shapes_adapter=False, check=above(0))
+    # Each eval array task's own CPUs, --mem (GiB) and time limit (min); left out: chosen when the run is
+    # planned (hpcnli.run.eval_resources: a shard's needs, not the fine-tune's) and written into its config.yaml
+    eval_cpus_per_task: int | None = setting(None, shapes_adapter=False, check=above(0, "or left out: planned"))
+    eval_mem_gb: int | None = setting(None, shapes_adapter=False, check=above(0, "or left out: planned"))
+    eval_time_min: int | None = setting(None, shapes_adapter=False, check=above(0, "or left out: planned"))
     # The GPU memory a stage may use, per GPU: the plan refuses a run whose estimated peak exceeds it and
     # sizes "auto" batches to it. None: the plan cannot check it, and "auto" takes 85% of the free memory
     # of the GPU the stage finds itself on (one training process only: several must cut the same batches).
@@ -294,15 +310,40 @@ class RunConfig:
         """A token budget must hold one prompt of task.max_length tokens (the longest a prompt is cut to),
         so that no batch ever exceeds it."""
         n = self.task.max_length
-        return [
-            f"{key}: {budget} tokens cannot hold one prompt of task.max_length {n} tokens; use at least {n}, "
-            "'auto' (sized from memory), or leave it out (batch_size pairs)"
-            for key, budget in (
-                ("train.batch_tokens", self.train.batch_tokens),
-                ("eval.batch_tokens", self.eval.batch_tokens),
-            )
-            if isinstance(budget, int) and budget < n
-        ] + self._matmul_checks()
+        return (
+            [
+                f"{key}: {budget} tokens cannot hold one prompt of task.max_length {n} tokens; use at least {n}, "
+                "'auto' (sized from memory), or leave it out (batch_size pairs)"
+                for key, budget in (
+                    ("train.batch_tokens", self.train.batch_tokens),
+                    ("eval.batch_tokens", self.eval.batch_tokens),
+                )
+                if isinstance(budget, int) and budget < n
+            ]
+            + self._matmul_checks()
+            + self._curve_checks()
+        )
+
+    def _curve_checks(self) -> list[str]:
+        t, d = self.train, self.data
+        if t.eval_every == 0:
+            return [
+                f"train.{key}: needs held-out evaluation; set train.eval_every (steps), e.g. 50"
+                for key, on in (("keep", t.keep == "best"), ("early_stopping_patience", t.early_stopping_patience))
+                if on
+            ]
+        if d.holdout <= 0:
+            return ["train.eval_every: scores the data.holdout pairs; set data.holdout (pairs set aside), e.g. 800"]
+        if d.test == "holdout":
+            return [
+                "train.eval_every: data.test is 'holdout', so the held-out pairs are the test set and a curve on them "
+                "would select on the test file; give data.test a test file, or set train.eval_every: 0"
+            ]
+        if t.eval_pairs > d.holdout:
+            return [
+                f"train.eval_pairs: {t.eval_pairs} is more than the {d.holdout} data.holdout pairs; use at most that"
+            ]
+        return []
 
     def _matmul_checks(self) -> list[str]:
         gpus = self.resources.gpus_per_node > 0

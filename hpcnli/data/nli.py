@@ -229,8 +229,11 @@ def split_holdout(data: NLIData, n: int, seed: int) -> tuple[NLIData, NLIData]:
 
 
 def load_split(cfg, split: str) -> NLIData:
-    """The train or test examples of a run config, hold-out and subset applied."""
+    """The train, test or holdout examples of a run config, hold-out and subset applied (the holdout split is
+    data.holdout's pairs whatever data.test is)."""
     d = cfg.data
+    if split == "holdout":
+        return split_holdout(load_source(d.train, "train", d.synthetic_train_size), d.holdout, d.subset_seed)[1]
     if split == "train" or d.test == "holdout":
         rest, held = split_holdout(load_source(d.train, "train", d.synthetic_train_size), d.holdout, d.subset_seed)
         if split == "train":

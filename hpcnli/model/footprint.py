@@ -13,7 +13,8 @@ estimate of a stage is then a sum of named parts:
                held at once and the batch's own) + one layer's intermediate tensors + the logits
 
 A token budget then follows from a memory ceiling (`largest_budget`). The estimate is of the memory
-the tensors need, which on a GPU is what torch allocates. On a CPU, glibc's allocator keeps freed
+the tensors need, which on a GPU is what torch allocates; what the card must have free adds the allocator's
+reserve and the CUDA context (`device_bytes`). On a CPU, glibc's allocator keeps freed
 blocks resident: the resident peak of a fine-tune here was 1.7x its estimate, of single training steps
 1.8-2.0x their tensors, of eval shards 1.3x (CPU_RESIDENT_FACTOR, bench/RESULTS.md); with
 MALLOC_MMAP_THRESHOLD_=131072 in the environment glibc returns them and the resident peak is the estimate,
@@ -38,6 +39,13 @@ GiB = 2**30
 NF4_BYTES = {True: 0.5 + 1 / 64 + 4 / (64 * 256), False: 0.5 + 4 / 64}
 ADAMW_STATE_BYTES = 16  # per trainable float32 parameter: the value, its gradient, two moments
 CPU_RESIDENT_FACTOR = 2.0  # resident peak / tensor memory on a CPU with glibc's default allocator (measured 1.3-2.0)
+CPU_PROCESS_BYTES = 2**30  # the interpreter, torch and its libraries, the data: resident before any model
+# On a GPU a stage needs more free memory than its tensors: torch's caching allocator reserves whole blocks
+# (reserved / allocated peak, GPU_RESERVED_FACTOR) and the CUDA context with cuBLAS's workspace takes its own
+# (GPU_CONTEXT_BYTES). Both are assumptions until bench/gpu_check.sh measures them (gpu_context_mib and
+# gpu_peak_reserved_mib against gpu_peak_allocated_mib in a stage's memory).
+GPU_RESERVED_FACTOR = 1.1
+GPU_CONTEXT_BYTES = 0.75 * 2**30
 
 
 @dataclass(frozen=True)
@@ -190,13 +198,19 @@ def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool) -> dic
     # with checkpointing each layer keeps its input; backward recomputes one layer at a time
     act = tokens * (shape.layers * shape.hidden * 4 + per_layer) if checkpointing else tokens * shape.saved_per_token
     logits = 0 if narrowed else 2 * (tokens // MIN_PAIR_TOKENS + 1) * shape.vocab * 4  # float32, answer position only
-    return {
+    parts = {
         "weights": weights,
         "lora_and_optimizer": shape.lora * ADAMW_STATE_BYTES,
         "activations": act,
         "backward": 2 * tokens * per_layer + dequantized,
         "logits": logits,
     }
+    if cfg.train.eval_every:  # held-out scoring between steps holds eval batches where the step's work was
+        e_tokens = cfg.eval.batch_tokens if isinstance(cfg.eval.batch_tokens, int) else None
+        work = eval_parts(cfg, shape, e_tokens or cfg.eval.batch_size * cfg.task.max_length)
+        step_work = act + parts["backward"] + logits
+        parts["held_out_scoring"] = max(0.0, work["kv_cache"] + work["layer"] + work["logits"] - step_work)
+    return parts
 
 
 def eval_parts(cfg, shape: ModelShape, tokens: int) -> dict[str, float]:
@@ -243,3 +257,11 @@ def describe(parts: dict[str, float]) -> str:
         ", ".join(f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in parts.items() if v)
         + f" = {total(parts) / GiB:.2f} GiB"
     )
+
+
+def device_bytes(tensor_bytes: float, gpu: bool) -> float:
+    """The memory a stage whose tensors peak at tensor_bytes needs from its device: free on the card on a GPU
+    (allocator reserve and CUDA context added), resident in the process on a CPU."""
+    if gpu:
+        return tensor_bytes * GPU_RESERVED_FACTOR + GPU_CONTEXT_BYTES
+    return tensor_bytes * CPU_RESIDENT_FACTOR + CPU_PROCESS_BYTES

@@ -118,15 +118,25 @@ def load_tokenizer(cfg):
     return tok
 
 
+# The same function, fused: phi-2's "gelu_new" is the tanh approximation written as Python element-wise ops
+# (five tensors kept per MLP for backward), "gelu_pytorch_tanh" is torch's one kernel of the same formula.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
 def model_config(cfg):
-    """The model's configuration (config.json), without its weights."""
+    """The model's configuration (config.json), without its weights, with its activation fused where torch has
+    the same formula as one kernel (FUSED_ACTIVATIONS): every stage and the memory plan build the model from it."""
     from transformers import AutoConfig
 
     where, kwargs = resolve_model(cfg.model)
     try:
-        return AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.model.trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(not_found_message(where, e)) from None
+    act = getattr(config, "hidden_act", None)
+    if isinstance(act, str) and act in FUSED_ACTIVATIONS:
+        config.hidden_act = FUSED_ACTIVATIONS[act]
+    return config
 
 
 def not_found_message(where: str, err: Exception) -> str:
@@ -171,10 +181,11 @@ def load_base_model(cfg, stage: str = "train", device_map=None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     where, kwargs = resolve_model(cfg.model)
+    config = model_config(cfg)
     auto: Any = AutoModelForCausalLM
     if cfg.task.scoring == "head":
         auto = AutoModelForSequenceClassification
-        kwargs.update(num_labels=3, pad_token_id=load_tokenizer(cfg).pad_token_id)
+        config.num_labels, config.pad_token_id = 3, load_tokenizer(cfg).pad_token_id
         torch.manual_seed(cfg.train.seed)
     if device_map is None and cfg.resources.gpus_per_node > 0:  # stage_device chose this process's GPU
         device_map = {"": torch.cuda.current_device()}  # quantize straight onto it
@@ -182,6 +193,7 @@ def load_base_model(cfg, stage: str = "train", device_map=None):
         with quiet_loading():
             model = auto.from_pretrained(
                 where,
+                config=config,
                 dtype=stage_dtype(cfg.model.dtype, stage),
                 quantization_config=quantization_config(cfg, stage),
                 trust_remote_code=cfg.model.trust_remote_code,

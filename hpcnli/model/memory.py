@@ -67,10 +67,11 @@ def reset_peak_memory() -> None:
 
 
 def peak_memory(baseline_rss_mb: float | None = None) -> dict:
-    """GPU allocated/reserved peaks where there is a GPU; the process's resident peaks always: over its life,
-    and since reset_peak_memory. With the resident memory before the model was loaded (baseline_rss_mb),
-    also `work_peak_rss_mb`: the peak since the reset less that baseline, the memory of the model and its
-    work (what hpcnli.model.footprint estimates on a CPU)."""
+    """Peaks in MiB (2**20 bytes; the keys say _mb, as written since the first runs). Where there is a GPU: its
+    allocated and reserved peaks, and what the card had in use at the peak (reserved + CUDA context). Always the
+    process's resident peaks: over its life, and since reset_peak_memory. With the resident memory before the
+    model was loaded (baseline_rss_mb), also `work_peak_rss_mb`: the peak since the reset less that baseline,
+    the memory of the model and its work (what hpcnli.model.footprint estimates on a CPU)."""
     import resource
 
     out: dict[str, float | str] = {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -80,8 +81,16 @@ def peak_memory(baseline_rss_mb: float | None = None) -> dict:
         if baseline_rss_mb is not None:
             out["work_peak_rss_mb"] = since_reset - baseline_rss_mb
     if torch.cuda.is_available():
+        reserved = torch.cuda.max_memory_reserved() / 2**20
         out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        out["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        out["gpu_peak_reserved_mb"] = reserved
+        # What the card had in use beyond torch's reserve: the CUDA context, cuBLAS's workspace (and any other
+        # process on the card); with the reserved peak, the memory the card had to have free for this stage.
+        free, card = torch.cuda.mem_get_info()
+        context = (card - free - torch.cuda.memory_reserved()) / 2**20
+        out["gpu_context_mb"] = context
+        out["gpu_peak_in_use_mb"] = reserved + context
+        out["gpu_card_mb"] = card / 2**20
         out["gpu_name"] = torch.cuda.get_device_name()
     return out
 

@@ -20,16 +20,26 @@ def _num(x, fmt: str = ",.1f") -> str:
 
 
 def _mb(memory: dict, estimate: dict | None = None) -> str:
-    """Measured peaks, and the memory plan's estimate beside them (GPU: allocated; CPU: the work's resident peak)."""
-    planned = f"; planned {estimate['total_bytes'] / 2**20:,.0f} MB" if estimate else ""
+    """Measured peaks (MiB, GiB: 2**20, 2**30 bytes), and the memory plan's estimate beside them. On a GPU the
+    headline is what the card had in use (reserved + CUDA context): the memory it must have free to run this."""
     if "gpu_peak_allocated_mb" in memory:
-        return (
-            f"GPU allocated {memory['gpu_peak_allocated_mb']:,.0f} MB, reserved "
-            f"{memory['gpu_peak_reserved_mb']:,.0f} MB{planned}"
+        planned = ""
+        if estimate:
+            needs = estimate.get("device_bytes")
+            planned = f"; planned {needs / 2**30:,.1f} GiB" if needs else ""
+            planned += f", tensors {estimate['total_bytes'] / 2**30:,.1f} GiB"
+        in_use = memory.get("gpu_peak_in_use_mb")
+        head = (
+            f"GPU in use {in_use / 1024:,.1f} GiB (reserved {memory['gpu_peak_reserved_mb'] / 1024:,.1f} + CUDA "
+            f"context {memory['gpu_context_mb'] / 1024:,.1f}), "
+            if in_use is not None
+            else f"GPU reserved {memory['gpu_peak_reserved_mb'] / 1024:,.1f} GiB, "
         )
+        return f"{head}allocated {memory['gpu_peak_allocated_mb'] / 1024:,.1f} GiB{planned}"
+    planned = f"; planned {estimate['total_bytes'] / 2**20:,.0f} MiB" if estimate else ""
     if "process_peak_rss_mb" in memory:
-        work = f", the model and its work {memory['work_peak_rss_mb']:,.0f} MB" if "work_peak_rss_mb" in memory else ""
-        return f"process peak RSS {memory['process_peak_rss_mb']:,.0f} MB{work} (no GPU){planned}"
+        work = f", the model and its work {memory['work_peak_rss_mb']:,.0f} MiB" if "work_peak_rss_mb" in memory else ""
+        return f"process peak RSS {memory['process_peak_rss_mb']:,.0f} MiB{work} (no GPU){planned}"
     return "n/a"
 
 
@@ -152,15 +162,52 @@ def _train_batch(train: TrainMetrics, cfg: dict) -> str:
 def _rank_spread(train: TrainMetrics) -> str:
     """The largest rank's peak is shown; with several ranks, how far the others were below it."""
     ranks = train.memory_per_rank or []
-    key = "gpu_peak_allocated_mb" if ranks and "gpu_peak_allocated_mb" in ranks[0] else "work_peak_rss_mb"
+    key = next(
+        (k for k in ("gpu_peak_in_use_mb", "gpu_peak_allocated_mb") if ranks and k in ranks[0]), "work_peak_rss_mb"
+    )
     values = [m[key] for m in ranks if key in m]
     if len(values) < 2:
         return ""
-    return f" (the largest of {len(values)} ranks; smallest {min(values):,.0f} MB)"
+    return f" (the largest of {len(values)} ranks; smallest {min(values):,.0f} MiB)"
 
 
 def _on_off(flag) -> str:
     return "n/a" if flag is None else ("on" if flag else "off")
+
+
+def _curve(rep: Report) -> list[str]:
+    """The held-out curve (train.eval_every): its points, the best step, the adapter scored and why training
+    ended, and what the evaluations cost against training."""
+    train = rep.training
+    if train is None or not train.heldout_curve:
+        return []
+    held, cfg = train.heldout_curve, rep.config["train"]
+    best = next(p for p in held if p["step"] == train.best_step)
+    spent = train.heldout_s or 0.0
+    training = train.runtime_s - spent
+    out = [
+        "## Learning curve (held-out pairs)",
+        "",
+        f"{train.heldout_pairs:,} pairs of data.holdout (never trained on, not the test file), scored as the "
+        f"evaluation stage scores them at step 0, every {cfg['eval_every']} steps and at the last step. "
+        f"**Best: step {best['step']}**, accuracy {100 * best['accuracy']:.2f}% "
+        f"[{100 * best['ci_low']:.2f}, {100 * best['ci_high']:.2f}], loss {best['loss']:.4f}.",
+        "",
+        f"- adapter scored by the evaluation stage: the **{train.kept}** step's, step {train.adapter_step} "
+        f"(train.keep: {train.kept})",
+        f"- training ended: {train.ended}",
+        f"- held-out scoring took {spent:,.1f} s, {100 * spent / training:.1f}% of the {training:,.1f} s of training",
+        "",
+        "| step | examples seen | held-out accuracy | 95% CI | held-out loss | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {p['step']}{' (best)' if p['step'] == train.best_step else ''} | {p['examples_seen']:,} | "
+        f"{100 * p['accuracy']:.2f}% | [{100 * p['ci_low']:.2f}, {100 * p['ci_high']:.2f}] | {p['loss']:.4f} | "
+        f"{p['seconds']:.1f} |"
+        for p in held
+    ]
+    return out + [""]
 
 
 def _cost(rep: Report) -> list[str]:
@@ -288,7 +335,7 @@ def _provenance(rep: Report) -> list[str]:
 def render(rep: Report, plots: list[tuple[str, str]], run_dir) -> str:
     if not rep.complete:
         return render_incomplete(rep, run_dir)
-    sections = (_per_class(rep), _changed_examples(rep), _cost(rep), _jobs(rep), _provenance(rep))
+    sections = (_curve(rep), _per_class(rep), _changed_examples(rep), _cost(rep), _jobs(rep), _provenance(rep))
     return "\n".join(_headline(rep, plots) + [line for section in sections for line in section])
 
 

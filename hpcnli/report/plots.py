@@ -53,15 +53,38 @@ def plot_confusion(plt, rep: Report, path) -> str:
 
 
 def plot_loss(plt, rep: Report, path) -> str | None:
-    curve = rep.training.loss_curve if rep.training else []
-    if not curve:
+    """The training loss; with held-out evaluation (train.eval_every) its loss on the same step axis, and the
+    held-out accuracy with its 95% interval below, the best step marked."""
+    train = rep.training
+    curve = train.loss_curve if train else []
+    held = (train.heldout_curve or []) if train else []
+    if not curve and not held:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([r["step"] for r in curve], [r["loss"] for r in curve], marker=".")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
+    if not held:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([r["step"] for r in curve], [r["loss"] for r in curve], marker=".")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss")
+        _save(fig, path)
+        return "Training loss"
+    steps = [p["step"] for p in held]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.4), sharex=True)
+    top.plot([r["step"] for r in curve], [r["loss"] for r in curve], marker=".", label="training (mean of the steps)")
+    top.plot(steps, [p["loss"] for p in held], marker="o", label=f"held-out ({held[0]['pairs']} pairs)")
+    top.set_ylabel("loss (nats)")
+    top.legend(fontsize=8)
+    bottom.plot(steps, [100 * p["accuracy"] for p in held], marker="o", color="C1")
+    bottom.fill_between(
+        steps, [100 * p["ci_low"] for p in held], [100 * p["ci_high"] for p in held], alpha=0.2, color="C1"
+    )
+    if train and train.best_step is not None:
+        for ax in (top, bottom):
+            ax.axvline(train.best_step, color="grey", linestyle="--", linewidth=1)
+        bottom.annotate(f"best: step {train.best_step}", (train.best_step, bottom.get_ylim()[0]), fontsize=8)
+    bottom.set_ylabel("held-out accuracy (%)")
+    bottom.set_xlabel("optimizer step")
     _save(fig, path)
-    return "Training loss"
+    return "Training and held-out loss, held-out accuracy (95% interval)"
 
 
 def plot_shards(plt, rep: Report, path) -> str | None:

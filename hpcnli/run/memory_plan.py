@@ -1,11 +1,14 @@
 """The memory plan: each stage's estimated peak before anything is queued; "auto" batches and gradient
 checkpointing chosen from it; a run that would not fit refused with the knob to turn.
 
-The ceiling a stage's tensors may use is `resources.gpu_mem_gb` on a GPU. On a CPU it is `resources.mem_gb`
-(what Slurm holds the job to) less what the process needs before any model is loaded, divided by
-footprint.CPU_RESIDENT_FACTOR (glibc keeps freed blocks resident). Where a GPU's ceiling is not given,
-the plan cannot check it and "auto" is chosen in the stage, from the free memory of the GPU it finds
-(`resolve_in_stage`).
+All sizes are GiB (2**30 bytes), as torch, nvidia-smi (MiB) and Slurm's --mem=..G count them; a card sold as
+"80 GB" has about 79 GiB. The ceiling a stage's tensors may use is, on a GPU, `resources.gpu_mem_gb` (the GiB a
+card must have free for the stage) less the CUDA context, divided by the caching allocator's reserve
+(footprint.GPU_CONTEXT_BYTES, GPU_RESERVED_FACTOR); on a CPU it is `resources.mem_gb` (what Slurm holds the job
+to) less what the process needs before any model is loaded, divided by footprint.CPU_RESIDENT_FACTOR (glibc
+keeps freed blocks resident). Each stage's estimate gives both: its tensors, and what its device must have.
+Where a GPU's ceiling is not given, the plan cannot check it and "auto" is chosen in the stage, from the free
+memory of the GPU it finds (`resolve_in_stage`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from hpcnli.data.batching import BatchRule, batch_tokens, global_batches
 from hpcnli.errors import UserFacingError
 from hpcnli.io import RunFileError, read_json
 from hpcnli.model.footprint import (
+    CPU_PROCESS_BYTES,
     CPU_RESIDENT_FACTOR,
+    GPU_CONTEXT_BYTES,
+    GPU_RESERVED_FACTOR,
     GiB,
     describe,
+    device_bytes,
     eval_parts,
     largest_budget,
     model_shape,
@@ -35,7 +42,6 @@ log = logging.getLogger(__name__)
 # An "auto" budget stops here. Beyond some thousands of tokens a batch is no faster per token on a GPU; an eval
 # batch also holds the caches of PREFIX_CHUNK_BATCHES batches of premises (phi-2: 8,192 tokens -> 29 GB in all).
 AUTO_TOKENS_CAP = {"finetune": 16384, "eval": 8192}
-CPU_PROCESS_BYTES = 1 * GiB  # the interpreter, torch and its libraries, the data: resident before any model
 GPU_FREE_SHARE = 0.85  # of a GPU's free memory, for "auto" in the stage when resources.gpu_mem_gb is not given
 
 
@@ -49,7 +55,9 @@ def ceiling(cfg: RunConfig, processes: int = 1) -> tuple[float | None, str]:
     GPU each has its own card."""
     r = cfg.resources
     if r.gpus_per_node > 0:
-        return (r.gpu_mem_gb * GiB if r.gpu_mem_gb else None), "resources.gpu_mem_gb"
+        if not r.gpu_mem_gb:
+            return None, "resources.gpu_mem_gb"
+        return (r.gpu_mem_gb * GiB - GPU_CONTEXT_BYTES) / GPU_RESERVED_FACTOR, "resources.gpu_mem_gb"
     return (r.mem_gb * GiB / processes - CPU_PROCESS_BYTES) / CPU_RESIDENT_FACTOR, "resources.mem_gb"
 
 
@@ -147,8 +155,10 @@ def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int) 
             "batch": _batch_words(cfg.eval, tokens),
             "parts": eval_parts(cfg, shape, tokens),
         }
+    gpu = cfg.resources.gpus_per_node > 0
     for est in out.values():
         est["total_bytes"] = total(est["parts"])  # type: ignore[arg-type]
+        est["device_bytes"] = device_bytes(est["total_bytes"], gpu)  # type: ignore[arg-type]
     return out
 
 
@@ -161,7 +171,12 @@ def _allowance(limit: float, key: str, processes: int = 1) -> str:
             f"{CPU_PROCESS_BYTES / GiB:.0f} GiB for the "
             f"process, / {CPU_RESIDENT_FACTOR} for what glibc keeps resident)"
         )
-    return f"{limit / GiB:.1f} GiB it may use ({key})"
+    free = (limit * GPU_RESERVED_FACTOR + GPU_CONTEXT_BYTES) / GiB
+    return (
+        f"{limit / GiB:.1f} GiB its tensors may use ({key} {free:g} GiB free on the card, less "
+        f"{GPU_CONTEXT_BYTES / GiB:g} GiB for the CUDA context, / {GPU_RESERVED_FACTOR} for what the allocator "
+        "reserves beyond its tensors)"
+    )
 
 
 def check(cfg: RunConfig, estimates: dict, limits: dict[str, float | None], key: str) -> None:
@@ -176,8 +191,9 @@ def check(cfg: RunConfig, estimates: dict, limits: dict[str, float | None], key:
             else "eval.batch_tokens (or eval.batch_size), eval.share_prefix: false"
         )
         raise MemoryPlanError(
-            f"{key}: the {stage} stage needs about {est['total_bytes'] / GiB:.1f} GiB ({describe(est['parts'])}, "
-            f"{est['batch']}), over the {_allowance(limit, key, _processes(cfg, stage))}; lower "
+            f"{key}: the {stage} stage's tensors need about {est['total_bytes'] / GiB:.1f} GiB "
+            f"({describe(est['parts'])}, {est['batch']}), over the "
+            f"{_allowance(limit, key, _processes(cfg, stage))}; lower "
             f"{knobs}, or task.max_length, or raise {key}"
         )
     for stage in ("finetune", "eval"):
@@ -207,7 +223,7 @@ def plan_memory(
         raise MemoryPlanError(
             f"{key}: train.batch_tokens or train.gradient_checkpointing is 'auto' on GPUs "
             f"({cfg.resources.train_processes} training process(es)); set {key} (the memory each GPU may use, "
-            "e.g. 75 on an 80 GB card) so that the plan fixes the batches for every process and every requeue"
+            "e.g. 75 on an 80 GB card: 79 GiB) so that the plan fixes the batches for every process and every requeue"
         )
     shape = model_shape(cfg, model_config)
     worst = worst_train_batch(cfg, train_lengths)
@@ -223,6 +239,7 @@ def plan_memory(
         "worst_fixed_train_batch": worst,
         "stages": estimates,
         "shape": dataclasses.asdict(shape),
+        "eval_weights_bytes": eval_parts(resolved, shape, cfg.task.max_length)["weights"],
     }
 
 
@@ -249,7 +266,12 @@ def lines(memory: dict) -> list[str]:
             if stage == "finetune"
             else ""
         )
-        out.append(f"  {stage}: {est['batch']}{ckpt}: {describe(est['parts'])}")
+        gpu = key == "resources.gpu_mem_gb"
+        needs = est.get("device_bytes") or device_bytes(est["total_bytes"], gpu)  # plans before device_bytes
+        out.append(
+            f"  {stage}: {est['batch']}{ckpt}: needs {needs / GiB:.2f} GiB {'free on its GPU' if gpu else 'resident'}; "
+            f"tensors {describe(est['parts'])}"
+        )
     return out
 
 

@@ -97,6 +97,23 @@ class RunPaths:
     def checkpoint_complete(checkpoint: Path) -> Path:
         return checkpoint / "COMPLETE"
 
+    @property
+    def best_adapters(self) -> Path:
+        """train.keep: best: the adapters of the best held-out steps so far, one directory per step."""
+        return self.run_dir / "best_adapters"
+
+    def best_adapter(self, step: int) -> Path:
+        return self.best_adapters / f"step_{step:07d}"
+
+    @staticmethod
+    def step_of(directory: Path) -> int:
+        return int(directory.name.removeprefix("step_"))
+
+    @property
+    def tensorboard(self) -> Path:
+        """train.log_with: tensorboard: the event files (`tensorboard --logdir <run>/tensorboard`)."""
+        return self.run_dir / "tensorboard"
+
     def complete_checkpoints(self) -> list[Path]:
         """Checkpoints whose writing finished (they hold a COMPLETE marker), oldest first."""
         return sorted(marker.parent for marker in self.checkpoints.glob("step_*/COMPLETE"))

@@ -7,6 +7,7 @@ output_root the run was planned in); every stage reads them.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 from datetime import datetime
@@ -19,7 +20,7 @@ from hpcnli.errors import UserFacingError
 from hpcnli.io import directory_lock, write_json
 from hpcnli.model.loading import check_target_modules, check_top_layers, load_tokenizer, model_config
 from hpcnli.records import TestManifest
-from hpcnli.run import time_plan
+from hpcnli.run import eval_resources, time_plan
 from hpcnli.run.memory_plan import plan_memory
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.state import test_set_changed
@@ -142,10 +143,16 @@ def create_run(cfg: RunConfig, run_dir: Path) -> RunPaths:
             "whatever the paths); a test of the fine-tuned model on them measures memory; choose another test set, "
             "or hold test pairs out with data.holdout and data.test: holdout"
         )
+    if cfg.train.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise PlanError(
+            "train.log_with: tensorboard needs the tensorboard package in this environment: "
+            "pip install 'hpcnli[tensorboard]' (or tensorboard), or set train.log_with: none"
+        )
     tokenizer, config = check_model(cfg)
     train_lengths, test_lengths = prompt_lengths(tokenizer, cfg, train), prompt_lengths(tokenizer, cfg, test)
     cfg, memory = plan_memory(cfg, config, train_lengths, max(test_lengths) if test_lengths else cfg.task.max_length)
     memory["time"] = time_plan.estimate(cfg, tokenizer, train.examples, train_lengths)
+    cfg, memory["eval_task"] = eval_resources.plan(cfg, memory["eval_weights_bytes"], len(test.examples))
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:

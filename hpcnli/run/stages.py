@@ -51,8 +51,14 @@ def _finetune_resources(r: ResourcesConfig) -> dict:
 
 
 def _eval_resources(r: ResourcesConfig) -> dict:
-    """One array task per shard: one GPU (whatever the fine-tune's count), resources.eval_cpus_per_task CPUs."""
-    out = {**_common(r), "cpus_per_task": r.eval_cpus_per_task or r.cpus_per_task}
+    """One array task per shard: one GPU (whatever the fine-tune's count); its CPUs, memory and time as planned
+    (hpcnli.run.eval_resources), the fine-tune's where a config was planned without them."""
+    out = {
+        **_common(r),
+        "cpus_per_task": r.eval_cpus_per_task or r.cpus_per_task,
+        "mem": f"{r.eval_mem_gb or r.mem_gb}G",
+        "time": r.eval_time_min or r.time_min,
+    }
     if r.gpus_per_node > 0:
         out["gpus_per_node"] = 1
     return out

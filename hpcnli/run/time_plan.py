@@ -61,23 +61,51 @@ def estimate(cfg: RunConfig, tokenizer, train_examples: list[dict], lengths: lis
         sample = random.Random(0).sample(train_examples, min(SAMPLE, len(train_examples)))
         lengths = [len(p) for p in tokenize_prompts(tokenizer, cfg, sample)]
     mean_tokens = sum(lengths) / len(lengths)
-    tokens = pairs_to_train(cfg, len(train_examples), mean_tokens) * mean_tokens
-    minutes = tokens / known[0] / 60
+    pairs = pairs_to_train(cfg, len(train_examples), mean_tokens)
+    minutes = pairs * mean_tokens / known[0] / 60
+    held_out = heldout_minutes(cfg, pairs)
+    minutes += held_out or 0.0
     return {
         "minutes": minutes,
         "tokens_per_s": known[0],
         "from_run": known[1],
+        "heldout_minutes": held_out,
         "jobs": max(1, math.ceil(minutes / cfg.resources.time_min)),
         "time_min": cfg.resources.time_min,
     }
 
 
+def heldout_minutes(cfg: RunConfig, pairs_trained: float) -> float | None:
+    """Minutes of held-out scoring (train.eval_every) at the eval pairs/s of the newest shard of this model on
+    the same kind of device; 0 without held-out evaluation, None when no earlier shard gives a rate."""
+    from hpcnli.run.eval_resources import last_shard_rate
+
+    t = cfg.train
+    if not t.eval_every:
+        return 0.0
+    known = last_shard_rate(cfg, cfg.resources.gpus_per_node > 0)
+    if known is None:
+        return None
+    per_step = t.batch_size * t.grad_accum * cfg.resources.train_processes
+    steps = t.max_steps if t.max_steps > 0 else pairs_trained / per_step
+    evaluations = math.floor(steps / t.eval_every) + 2  # step 0 and the last step too
+    return evaluations * (t.eval_pairs or cfg.data.holdout) / known[0] / 60
+
+
 def lines(est: dict | None) -> list[str]:
     if est is None:
         return ["time plan: no earlier fine-tune of this model in output_root to take a throughput from"]
+    held = est.get("heldout_minutes", 0.0)
     head = (
         f"time plan: the fine-tune takes about {est['minutes']:.0f} min at {est['tokens_per_s']:,.0f} prompt "
         f"tokens/s (run {est['from_run']})"
+        + (
+            f", {held:.0f} min of it held-out scoring (train.eval_every)"
+            if held
+            else " and held-out scoring of unknown cost (no earlier eval shard of this model)"
+            if held is None
+            else ""
+        )
     )
     if est["jobs"] == 1:
         return [f"{head}: fits resources.time_min {est['time_min']}"]

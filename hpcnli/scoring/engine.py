@@ -166,17 +166,20 @@ def _whole_prompt_batches(prompts: list[list[int]], rule: BatchRule) -> list[lis
 
 
 @torch.inference_mode()
-def predict(model, tokenizer, cfg, examples: list[dict], timing: dict | None = None) -> list[dict]:
+def predict(
+    model, tokenizer, cfg, examples: list[dict], timing: dict | None = None, columns: list[int] | None = None
+) -> list[dict]:
     """Label-word scoring in length-sorted batches (eval.batch_size pairs, or eval.batch_tokens tokens);
     rows come back in the examples' order.
 
     With eval.share_prefix, pairs that share a premise run the common start of their prompts once.
     `timing`, when given, receives the first batch's seconds and pairs (kernel warm-up and caches filling
-    show there, apart from the steady throughput of the rest).
+    show there, apart from the steady throughput of the rest). `columns`: the label words' columns of the
+    model's logits; left out, their token ids (a full output layer; a fine-tune's narrowed one holds only them).
     """
     if cfg.task.scoring == "head":
         return predict_with_pipeline(model, tokenizer, cfg, examples)
-    label_ids = torch.tensor(label_token_ids(tokenizer, cfg.task.label_words))
+    label_ids = torch.tensor(columns if columns is not None else label_token_ids(tokenizer, cfg.task.label_words))
     prompts = tokenize_prompts(tokenizer, cfg, examples)
     rule, pad_id = BatchRule.of(cfg.eval), tokenizer.pad_token_id
     device = next(model.parameters()).device
