@@ -182,8 +182,9 @@ def _bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool) -> dict[str, float]:
-    """Bytes of each part of the fine-tune's peak, for batches of `tokens` padded tokens per process."""
+def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool, heldout_tokens: int = 0) -> dict[str, float]:
+    """Bytes of each part of the fine-tune's peak, for batches of `tokens` padded tokens per process; with
+    held-out scoring (train.eval_every), its batches of `heldout_tokens` held between steps."""
     q = cfg.quantization
     e = _bytes(stage_dtype(cfg.model.dtype, "train"))
     narrowed = cfg.task.scoring != "head" and cfg.train.loss == "labels"
@@ -205,9 +206,8 @@ def train_parts(cfg, shape: ModelShape, tokens: int, checkpointing: bool) -> dic
         "backward": 2 * tokens * per_layer + dequantized,
         "logits": logits,
     }
-    if cfg.train.eval_every:  # held-out scoring between steps holds eval batches where the step's work was
-        e_tokens = cfg.eval.batch_tokens if isinstance(cfg.eval.batch_tokens, int) else None
-        work = eval_parts(cfg, shape, e_tokens or cfg.eval.batch_size * cfg.task.max_length)
+    if heldout_tokens:  # held-out scoring between steps holds eval batches where the step's work was
+        work = eval_parts(cfg, shape, heldout_tokens)
         step_work = act + parts["backward"] + logits
         parts["held_out_scoring"] = max(0.0, work["kv_cache"] + work["layer"] + work["logits"] - step_work)
     return parts

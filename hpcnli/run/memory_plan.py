@@ -61,13 +61,13 @@ def ceiling(cfg: RunConfig, processes: int = 1) -> tuple[float | None, str]:
     return (r.mem_gb * GiB / processes - CPU_PROCESS_BYTES) / CPU_RESIDENT_FACTOR, "resources.mem_gb"
 
 
-def _resolve_train(cfg: RunConfig, shape, limit: float, worst: int) -> RunConfig:
+def _resolve_train(cfg: RunConfig, shape, limit: float, worst: int, held: int) -> RunConfig:
     t = cfg.train
     ckpt_options = (False, True) if t.gradient_checkpointing == "auto" else (bool(t.gradient_checkpointing),)
     for ckpt in ckpt_options:
         if t.batch_tokens == "auto":
             budget = largest_budget(
-                lambda n, ckpt=ckpt: train_parts(cfg, shape, n, ckpt),
+                lambda n, ckpt=ckpt: train_parts(cfg, shape, n, ckpt, held),
                 limit,
                 cfg.task.max_length,
                 AUTO_TOKENS_CAP["finetune"],
@@ -76,7 +76,7 @@ def _resolve_train(cfg: RunConfig, shape, limit: float, worst: int) -> RunConfig
                 return dataclasses.replace(
                     cfg, train=dataclasses.replace(t, batch_tokens=budget, gradient_checkpointing=ckpt)
                 )
-        elif total(train_parts(cfg, shape, train_tokens(cfg, worst), ckpt)) <= limit or ckpt == ckpt_options[-1]:
+        elif total(train_parts(cfg, shape, train_tokens(cfg, worst), ckpt, held)) <= limit or ckpt == ckpt_options[-1]:
             return dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_checkpointing=ckpt))
     return cfg  # nothing fits; check() says so
 
@@ -122,12 +122,18 @@ def eval_tokens(cfg: RunConfig, longest: int) -> int:
     return e.batch_tokens if isinstance(e.batch_tokens, int) else e.batch_size * longest
 
 
-def resolve(cfg: RunConfig, shape, limits: dict[str, float | None], worst_train: int) -> RunConfig:
+def resolve(cfg: RunConfig, shape, limits: dict[str, float | None], worst_train: int, held: int = 0) -> RunConfig:
     """The config with "auto" batch_tokens and gradient_checkpointing replaced by what fits each stage's limit
-    (left "auto" when the limit is unknown: the stage chooses)."""
+    (left "auto" when the limit is unknown: the stage chooses). held: tokens of a held-out scoring batch."""
     train, ev = limits["finetune"], limits["eval"]
-    cfg = cfg if train is None else _resolve_train(cfg, shape, train, worst_train)
+    cfg = cfg if train is None else _resolve_train(cfg, shape, train, worst_train, held)
     return cfg if ev is None else _resolve_eval(cfg, shape, ev)
+
+
+def heldout_tokens(cfg: RunConfig, longest: int) -> int:
+    """Tokens of one held-out scoring batch during training (0 without train.eval_every), its pairs being as
+    long as the longest training prompt at most (they come from the same source)."""
+    return eval_tokens(cfg, longest) if cfg.train.eval_every else 0
 
 
 def _batch_words(section, tokens: int) -> str:
@@ -136,7 +142,7 @@ def _batch_words(section, tokens: int) -> str:
     return f"batches of {section.batch_size} pairs (<= {tokens} tokens)"
 
 
-def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int) -> dict:
+def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int, held: int = 0) -> dict:
     """Each stage's estimated peak, in parts (bytes), for the resolved config; {} for a stage still "auto"."""
     out = {}
     t = cfg.train
@@ -146,7 +152,7 @@ def stage_estimates(cfg: RunConfig, shape, worst_train: int, longest_test: int) 
             "tokens_per_batch": tokens,
             "batch": _batch_words(t, tokens),
             "gradient_checkpointing": bool(t.gradient_checkpointing),
-            "parts": train_parts(cfg, shape, tokens, bool(t.gradient_checkpointing)),
+            "parts": train_parts(cfg, shape, tokens, bool(t.gradient_checkpointing), held),
         }
     if cfg.eval.batch_tokens != "auto":
         tokens = eval_tokens(cfg, longest_test)
@@ -228,8 +234,9 @@ def plan_memory(
     shape = model_shape(cfg, model_config)
     worst = worst_train_batch(cfg, train_lengths)
     limits = {stage: ceiling(cfg, _processes(cfg, stage))[0] for stage in ("finetune", "eval")}
-    resolved = resolve(cfg, shape, limits, worst)
-    estimates = stage_estimates(resolved, shape, worst, longest_test)
+    longest_train = max(train_lengths) if train_lengths else cfg.task.max_length
+    resolved = resolve(cfg, shape, limits, worst, heldout_tokens(cfg, longest_train))
+    estimates = stage_estimates(resolved, shape, worst, longest_test, heldout_tokens(resolved, longest_train))
     check(resolved, estimates, limits, key)
     return resolved, {
         "ceiling_bytes": limit,
