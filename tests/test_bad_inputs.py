@@ -46,7 +46,7 @@ CASES = [
         "zero CPUs for eval tasks",
         {},
         ["resources.eval_cpus_per_task=0"],
-        "resources.eval_cpus_per_task: must be > 0 (or left out: cpus_per_task), got 0",
+        "resources.eval_cpus_per_task: must be > 0 (or left out: planned), got 0",
     ),
     (
         "bad dtype",

@@ -230,9 +230,9 @@ def test_plan_over_gpu_mem_is_refused_before_slurm_sees_it(tmp_path, slurm_clust
         "eval.batch_tokens=100000",
         check=False,
     )
-    assert proc.returncode == 2 and "resources.mem_gb: the " in proc.stderr and "stage needs about" in proc.stderr, (
-        proc.stderr
-    )
+    assert (
+        proc.returncode == 2 and "resources.mem_gb: the " in proc.stderr and "stage's tensors need about" in proc.stderr
+    ), proc.stderr
     assert jobs() == before and not (tmp_path / "run").exists()
 
 

@@ -471,7 +471,7 @@ def test_numbers_given_where_text_is_meant_are_kept_as_text(tmp_path):
 # it became a package): run files record them, so they must not change. `train_hash` is the schema-derived one.
 PINNED_HASHES = {  # job file: (hash, train_hash_v1, train_hash)
     "default.yaml": ("b4aaf1b8f3f8", "54429774771e", "0da6df44a9c8"),
-    "snli_cpu.yaml": ("fd3cb1226d30", "df9806ce4f63", "0b6c87040d15"),
+    "snli_cpu.yaml": ("c455b8acacfd", "b94f3a188df4", "2fbff9b23450"),  # with its learning curve since session 8
 }
 
 # The keys whose values shape the adapter. Changing this list changes every train_hash: runs trained
