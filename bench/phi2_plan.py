@@ -40,17 +40,20 @@ PHI2 = dict(  # noqa: C408 (microsoft/phi-2's config.json)
     max_position_embeddings=2048,
     hidden_act="gelu_new",
     layer_norm_eps=1e-5,
+    resid_pdrop=0.1,
     rope_theta=10000.0,
     tie_word_embeddings=False,
 )
 
 
 def phi2_dir(where: Path, tokenizer) -> Path:
+    """phi-2's config.json with `tokenizer` beside it, and a placeholder weights file (planning reads no weights)."""
     import torch
     from safetensors.torch import save_file
     from transformers import PhiConfig
 
-    PhiConfig(**PHI2, pad_token_id=tokenizer.pad_token_id).save_pretrained(where)
+    ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+    PhiConfig(**PHI2, **ids).save_pretrained(where)
     tokenizer.save_pretrained(where)
     save_file({"placeholder": torch.zeros(1)}, where / "model.safetensors")
     return where

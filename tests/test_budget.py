@@ -314,33 +314,10 @@ def test_stale_eval_weights_are_not_reused(smoke_run, tmp_path):
 def phi2_config_dir(tmp_path_factory):
     """microsoft/phi-2's configuration (2.78B parameters; bench/gpu_check.sh builds the same model with random
     weights on a GPU) with SmolLM2's tokenizer. Planning reads config.json alone; the weights file only has to
-    exist, so it holds a placeholder."""
-    from safetensors.torch import save_file
-    from transformers import PhiConfig
+    exist, so it holds a placeholder (bench.phi2_plan writes it)."""
+    from bench.phi2_plan import phi2_dir
 
-    where = tmp_path_factory.mktemp("phi2")
-    tok = loading.load_tokenizer(load_config(DEFAULT))
-    PhiConfig(
-        vocab_size=51200,
-        hidden_size=2560,
-        intermediate_size=10240,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        partial_rotary_factor=0.4,
-        max_position_embeddings=2048,
-        hidden_act="gelu_new",
-        layer_norm_eps=1e-5,
-        resid_pdrop=0.1,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    ).save_pretrained(where)
-    tok.save_pretrained(where)
-    save_file({"placeholder": torch.zeros(1)}, where / "model.safetensors")
-    return where
+    return phi2_dir(tmp_path_factory.mktemp("phi2"), loading.load_tokenizer(load_config(DEFAULT)))
 
 
 @pytest.mark.parametrize(

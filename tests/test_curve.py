@@ -112,19 +112,16 @@ def _finetune(run: RunPaths) -> subprocess.Popen:
 
 def test_the_curve_survives_sigterm_and_resume(tmp_path):
     """SIGTERM mid-run checkpoints; the resumed fine-tune neither loses nor repeats a point, in
-    train_metrics.json and in TensorBoard (the same event files: steps redone replace theirs)."""
-    extra = [
-        *CURVE,
-        "train.eval_every=3",
-        "train.max_steps=24",
-        "train.checkpoint_every=4",
-        "train.log_with=tensorboard",
-    ]
-    extra += ["data.synthetic_train_size=64"]
+    train_metrics.json and in TensorBoard (the same event files: steps redone replace theirs). And scoring the
+    curve changes nothing in training: each step's loss is the one of a fine-tune without a curve."""
+    plain = [*CURVE[:1], *CURVE[2:], "train.max_steps=24", "train.checkpoint_every=4", "train.log_every=1"]
+    plain += ["data.synthetic_train_size=64"]
+    extra = [*plain, "train.eval_every=3", "train.log_with=tensorboard"]
     runs = {}
-    for name in ("whole", "stopped"):
+    for name, overrides in (("plain", plain), ("whole", extra), ("stopped", extra)):
         runs[name] = RunPaths(tmp_path / name)
-        run_cli("hpcnli.submit", "--config", SMOKE, "--run-dir", runs[name].run_dir, "--plan-only", *extra)
+        run_cli("hpcnli.submit", "--config", SMOKE, "--run-dir", runs[name].run_dir, "--plan-only", *overrides)
+    assert _finetune(runs["plain"]).wait(timeout=600) == 0
     assert _finetune(runs["whole"]).wait(timeout=600) == 0
 
     proc, seen = _finetune(runs["stopped"]), []
@@ -148,7 +145,10 @@ def test_the_curve_survives_sigterm_and_resume(tmp_path):
     assert stopped.best_step == whole.best_step
     logged = scalars(runs["stopped"])
     assert [s for s, _ in logged["heldout/accuracy"]] == steps
-    assert [s for s, _ in logged["train/loss"]] == [r["step"] for r in stopped.loss_curve]
+    assert [s for s, _ in logged["train/loss"]] == [r["step"] for r in stopped.loss_curve] == list(range(1, 25))
+    plain_losses = [r["loss"] for r in TrainMetrics.read(runs["plain"].train_metrics).loss_curve]
+    assert [r["loss"] for r in whole.loss_curve] == plain_losses
+    assert [r["loss"] for r in stopped.loss_curve] == pytest.approx(plain_losses, abs=1e-6)
 
 
 def test_early_stopping_ends_training_after_the_patience(tmp_path):

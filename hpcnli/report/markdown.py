@@ -186,6 +186,7 @@ def _curve(rep: Report) -> list[str]:
     spent = train.heldout_s or 0.0
     training = train.runtime_s - spent
     out = [
+        "",
         "## Learning curve (held-out pairs)",
         "",
         f"{train.heldout_pairs:,} pairs of data.holdout (never trained on, not the test file), scored as the "
