@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcnli.config import load_config
 from hpcnli.io import RunFileError
 from hpcnli.records import Report, ShardMetrics, TrainMetrics
 from hpcnli.report.markdown import render
@@ -36,7 +37,10 @@ def test_committed_report_renders_byte_identical(run_dir, tmp_path):
 def test_committed_records_read(run_dir):
     paths = RunPaths(run_dir)
     train = TrainMetrics.read(paths.train_metrics)
-    assert train.schema_version == 1 and train.inputs is None  # written before adapters recorded their inputs
+    if train.schema_version == 1:  # written before adapters recorded their inputs
+        assert train.inputs is None
+    else:  # the adapter records the training settings of the run's config.yaml
+        assert train.inputs["train_config_hash"] == load_config(paths.config).train_hash()
     for model in MODELS:
         for f in sorted(paths.shard_dir(model).glob("*.metrics.json")):
             assert ShardMetrics.read(f).model == model
