@@ -451,8 +451,9 @@ def run(cfg, paths: RunPaths, env: JobEnvironment | None = None) -> TrainMetrics
         )
         try:
             state, epochs, runtime = train_loop(cfg, paths, accelerator, trainee, stop)
-        finally:
-            accelerator.end_training()  # the event files flushed, also when stopped
+        finally:  # the event files flushed and closed, also when stopped (end_training would also end the
+            for tracker in accelerator.trackers:  # process group, which the ranks still need)
+                tracker.finish()
     losses = state["losses"]
     train_s = runtime - state["heldout_s"]  # the throughputs are training's own
     best = state["best"]

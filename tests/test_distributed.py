@@ -27,6 +27,8 @@ COMMON = [
     "train.checkpoint_every=0",
     "resources.cpus_per_task=1",
     "train.learning_rate=1e-3",
+    "data.holdout=12",  # and a learning curve: each rank scores its share of the held-out pairs
+    "train.eval_every=3",
 ]
 LOSS_TOLERANCE = 1e-3  # float32 sums in another order (per process, then all-reduced)
 
@@ -66,6 +68,12 @@ def test_two_processes_train_like_one_with_twice_the_batch(one_and_two):
     diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(c1, c2)]
     assert max(diffs) <= LOSS_TOLERANCE, f"loss curves differ by up to {max(diffs):.2e}: {c1} {c2}"
     assert c1[-1]["loss"] < c1[0]["loss"]  # it did learn: the comparison is not of two idle runs
+    h1, h2 = m1["heldout_curve"], m2["heldout_curve"]
+    assert [p["step"] for p in h1] == [p["step"] for p in h2] == [0, 3, 6]
+    assert all(p["pairs"] == 12 for p in h1 + h2)  # two ranks' shares of the 12 pairs, gathered into one curve
+    for a, b in zip(h1, h2):
+        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 12 and abs(a["loss"] - b["loss"]) <= 1e-2, (h1, h2)
+    assert m1["best_step"] == m2["best_step"]
 
     preds = {}
     for name, p in (("one", one), ("two", two)):
@@ -105,6 +113,8 @@ def test_two_nodes_train_like_one_process(one_and_two, tmp_path):
     assert (m2["num_processes"], m2["nodes"], m2["effective_batch_size"]) == (2, 2, 8)
     diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(m1["loss_curve"], m2["loss_curve"])]
     assert len(diffs) == 6 and max(diffs) <= LOSS_TOLERANCE, (m1["loss_curve"], m2["loss_curve"])
+    # each node's rank scored its share of the 12 held-out pairs; the curve holds them all
+    assert [(p["step"], p["pairs"]) for p in m2["heldout_curve"]] == [(0, 12), (3, 12), (6, 12)]
     jobs = json.loads(nodes.ledger.read_text())["submissions"][0]["jobs"]
     assert wait_done([jobs["finetune"]])[jobs["finetune"]]["state"] == "COMPLETED"
     assert (
@@ -194,6 +204,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_checkpoint(slurm_cluster, tmp_pat
     metrics = json.loads(paths.train_metrics.read_text())
     assert metrics["restarts"] == 1 and metrics["steps"] == 40
     assert [r["step"] for r in metrics["loss_curve"]] == list(range(1, 41))  # no step lost or doubled
+    assert [p["step"] for p in metrics["heldout_curve"]] == [*range(0, 40, 3), 40]  # nor a held-out point
     assert len(metrics["memory_per_rank"]) == 2  # every rank's peak, not rank 0's alone
 
 
