@@ -27,6 +27,7 @@ COMMON = [
     "train.checkpoint_every=0",
     "resources.cpus_per_task=1",
     "train.learning_rate=1e-3",
+    "data.synthetic_train_size=44",  # 32 to train on, as without a curve,
     "data.holdout=12",  # and a learning curve: each rank scores its share of the held-out pairs
     "train.eval_every=3",
 ]
