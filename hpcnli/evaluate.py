@@ -162,6 +162,7 @@ def run(cfg, paths: RunPaths, model_kind: str, shard: int, job: dict | None = No
         num_shards=cfg.eval.num_shards,
         examples=len(rows),
         config_hash=cfg.hash(),
+        base_hash=cfg.base_hash() if model_kind == "base" else None,
         test_content_hash=manifest.content_hash,
         adapter_sha256=adapter_sha256(paths) if model_kind == "finetuned" else None,
         runtime_s=runtime,

@@ -192,9 +192,10 @@ class TrainMetrics(Record):
 class ShardMetrics(Record):
     """One eval shard's provenance and cost, written after its predictions file.
 
-    Version 1 (unversioned files) had no test-set or adapter hash; some carry share_prefix and batch_tokens."""
+    Version 1 (unversioned files) had no test-set or adapter hash; some carry share_prefix and batch_tokens.
+    Version 5: base shards record base_hash (a sweep's runs share them)."""
 
-    VERSION: ClassVar[int] = 4
+    VERSION: ClassVar[int] = 5
     NAME: ClassVar[str] = "shard metrics"
     OPTIONAL_IN_V1: ClassVar[frozenset] = frozenset(
         {"share_prefix", "batch_tokens", "memory_estimate", "test_content_hash", "adapter_sha256"}
@@ -233,6 +234,9 @@ class ShardMetrics(Record):
     rescored: int | None = since(4)  # pairs re-scored in full float32 (their two best scores within the margin)
     rescore_changed: int | None = since(4)  # of those, pairs whose prediction the float32 scores changed
     rescore_max_shift: float | None = since(4)  # the largest score change the re-scoring saw (nats)
+    # base shards: what the base model's predictions depend on (config.hashing.base_settings); a base shard is
+    # current for every config with this hash, so a sweep's runs share one base evaluation
+    base_hash: str | None = since(5)
 
     @classmethod
     def unversioned_version(cls, data: dict) -> int:
@@ -325,3 +329,43 @@ class Report(Record):
         for name in self.WHEN_INCOMPLETE if self.complete else self.WHEN_COMPLETE:
             out.pop(name)
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepPlan(Record):
+    """sweep.json: a sweep as planned (hpcnli.sweeps.grid); its runs are ordinary run directories beside it."""
+
+    VERSION: ClassVar[int] = 1
+    NAME: ClassVar[str] = "sweep.json"
+
+    name: str
+    config: str  # the base run config, as given
+    overrides: list  # key=value given to every point
+    grid: dict  # swept key -> its values (override text), in the order given
+    seeds: list
+    points: list  # {point: "p00", settings: {key: value}}
+    runs: list  # {run: "p00-s0", point, seed, base_owner: the run whose base shards it reads}
+    base_groups: dict  # base hash (config.hashing.base_settings) -> the run that scores the base model
+    provenance: dict
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepReport(Record):
+    """A sweep's report.json: every run's figures, the points ranked on held-out accuracy, the winner and the
+    paired tests of the winner against each other point (hpcnli.sweeps.compare)."""
+
+    VERSION: ClassVar[int] = 1
+    NAME: ClassVar[str] = "sweep report.json"
+
+    sweep: str
+    complete: bool  # every run's report complete
+    selection: str  # how the winner was chosen (never on the test file)
+    grid: dict
+    seeds: list
+    runs: list  # per point x seed: held-out accuracy, test accuracy, training time, peak memory, its report
+    points: list  # per point, ranked: held-out and test mean and sd over seeds
+    winner: dict | None
+    comparisons: list  # the winner against each other point: difference, CI, p, Holm-adjusted p
+    base: list  # each base group's base-model accuracy
+    problems: list  # runs left out, and why
+    provenance: dict

@@ -1,6 +1,7 @@
 """Stage 3: merge and validate every shard of both models, then write report.json and report.md.
 
-Rerunnable at any time (`python -m hpcnli.reduce <run>`): the same files give the same report.
+Rerunnable at any time (`python -m hpcnli.reduce <run>`): the same files give the same report. Given a sweep's
+directory, it reduces each of its runs and writes the sweep's report.
 If any shard is missing or invalid, the report says which and how many examples are missing,
 and the stage exits non-zero; `hpcnli.submit --resume <run>` completes the run.
 """
@@ -183,6 +184,29 @@ def run_task(cfg, paths: RunPaths, stage: Stage, task: int, job) -> str:
     return str(paths.report_md)
 
 
+def reduce_sweep(sweep_dir: str) -> int:
+    """Every run's report, then the sweep's (hpcnli.sweeps.report)."""
+    from hpcnli.records import SweepPlan
+    from hpcnli.sweeps import report as sweep_report
+    from hpcnli.sweeps.compare import IncompleteSweep
+    from hpcnli.sweeps.grid import SweepPaths
+
+    paths = SweepPaths(Path(sweep_dir))
+    for entry in SweepPlan.read(paths.plan).runs:
+        run_paths = paths.run(entry["run"])
+        try:
+            run(load_config(run_paths.config), run_paths)
+        except IncompleteRun as e:
+            print(f"hpcnli.reduce: {entry['run']}: {str(e).splitlines()[0]}", file=sys.stderr)
+    try:
+        sweep_report.write(paths)
+    except IncompleteSweep as e:
+        print(f"hpcnli.reduce: {e}", file=sys.stderr)
+        return 1
+    print(f"sweep report: {paths.report_md}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir")
@@ -190,6 +214,8 @@ def main(argv=None) -> int:
     setup_logging()
 
     def reduce_run() -> int:
+        if (Path(args.run_dir) / "sweep.json").is_file():
+            return reduce_sweep(args.run_dir)
         paths = RunPaths(args.run_dir)
         if not paths.config.is_file():
             raise RunFileError(

@@ -1,6 +1,7 @@
 """Where a run stands: each stage's Slurm state (sacct) and its shards done/pending from the files.
 
 python -m hpcnli.status results/<run>
+python -m hpcnli.status results/<sweep>   # a line per run of the sweep, and its report
 """
 
 from __future__ import annotations
@@ -66,7 +67,32 @@ def validity_lines(cfg, paths: RunPaths) -> list[str]:
     return lines + [f"report     {report}{busy}"]
 
 
+def show_sweep(sweep_dir: str) -> int:
+    from hpcnli.records import SweepPlan, SweepReport
+    from hpcnli.sweeps.grid import SweepPaths
+    from hpcnli.sweeps.state import status_lines
+
+    paths = SweepPaths(Path(sweep_dir))
+    plan = SweepPlan.read(paths.plan)
+    print(f"sweep {paths.sweep_dir}: {len(plan.points)} points x {len(plan.seeds)} seeds")
+    print("\n".join(status_lines(paths, plan)))
+    ledger = SubmissionLedger(paths)
+    if ledger.exists():
+        job = ledger.last_reduce_job()
+        print(f"sweep reduce job {job}: {job_states([job]).get(job, 'unknown to sacct')}" if job else "")
+    if paths.report_json.is_file():
+        rep = SweepReport.read(paths.report_json)
+        winner = f"winner {rep.winner['point']}" if rep.winner else "no winner"
+        state = "complete" if rep.complete else f"incomplete: {len(rep.problems)} run(s) left out"
+        print(f"report     {state}; {winner}")
+    else:
+        print("report     pending")
+    return 0
+
+
 def show(run_dir: str) -> int:
+    if (Path(run_dir) / "sweep.json").is_file():
+        return show_sweep(run_dir)
     paths = RunPaths(Path(run_dir))
     if not paths.config.is_file():
         print(f"hpcnli.status: {run_dir} is not a run directory (no config.yaml)", file=sys.stderr)

@@ -87,11 +87,23 @@ def requeue(job_id: str) -> None:
 
 
 def live_jobs(job_ids: list[str]) -> list[str]:
-    """Those of job_ids that squeue still lists (pending or running); array tasks count for their array."""
-    out = _run("squeue", "--noheader", "--format=%i", "--jobs", ",".join(job_ids)) if job_ids else None
+    """Those of job_ids (jobs, arrays, or array tasks as <array>_<task>) that squeue still lists, pending or
+    running; an array is live while any of its tasks is."""
+    out = _run("squeue", "--noheader", "--array", "--format=%i", "--jobs", ",".join(job_ids)) if job_ids else None
     if out is None:
         return []
-    return sorted({line.split("_")[0] for line in out.stdout.split()} & set(job_ids))
+    listed = set(out.stdout.split())
+    return sorted(j for j in job_ids if j in listed or j in {line.split("_")[0] for line in listed})
+
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (an array task's index must stay below it), from `scontrol show config`."""
+    out = _run("scontrol", "show", "config")
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout if out else "", re.MULTILINE)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
 
 
 def job_records(job_ids: list[str]) -> dict[str, dict]:

@@ -48,6 +48,27 @@ def prediction_hash(cfg) -> str:
     return short_hash(_without_later_keys(d))
 
 
+# What the base model's predictions depend on: the model, its prompt and scoring, how it is evaluated and the test
+# pairs; not the adapter's recipe. A sweep's runs with equal base hashes share one base evaluation.
+BASE_SECTIONS = ("model", "quantization", "task", "eval")
+TEST_DATA_KEYS = ("test", "max_test_examples", "synthetic_test_size", "subset_seed")
+
+
+def base_settings(cfg) -> dict[str, Any]:
+    """The config values the base model's predictions depend on (data.test "holdout" depends on the train source,
+    task.scoring "head" on train.seed, which draws the untrained head)."""
+    d = cfg.to_dict()
+    out = {section: d[section] for section in BASE_SECTIONS}
+    out["data"] = d["data"] if cfg.data.test == "holdout" else {k: d["data"][k] for k in TEST_DATA_KEYS}
+    if cfg.task.scoring == "head":
+        out["train.seed"] = cfg.train.seed
+    return _without_later_keys(out)
+
+
+def base_hash(cfg) -> str:
+    return short_hash(base_settings(cfg))
+
+
 def _without_later_keys(d: dict) -> dict:
     """The config dict without the LATER_PREDICTION_KEYS that hold their first values."""
     for (section, key), value in LATER_PREDICTION_KEYS.items():

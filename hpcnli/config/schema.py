@@ -360,6 +360,10 @@ class RunConfig:
         """Short hash of what determines predictions (resources excluded: they do not change them)."""
         return hashing.prediction_hash(self)
 
+    def base_hash(self) -> str:
+        """Short hash of what the base model's predictions depend on (no adapter recipe: hashing.base_settings)."""
+        return hashing.base_hash(self)
+
     @classmethod
     def adapter_keys(cls) -> tuple[str, ...]:
         """The keys whose values shape the adapter, read off the schema (`shapes_adapter`, ADAPTER_VALUES)."""

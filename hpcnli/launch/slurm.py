@@ -17,14 +17,18 @@ from pathlib import Path
 
 import submitit
 
-from hpcnli.cluster.commands import live_jobs
+from hpcnli.cluster.commands import live_jobs, max_array_size
 from hpcnli.cluster.env import JobEnvironment, outside_job_env
 from hpcnli.config import RunConfig, load_config
 from hpcnli.logs import setup_logging
+from hpcnli.records import SweepPlan
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import RunPaths
-from hpcnli.run.stages import STAGES, Stage, Work, stage
+from hpcnli.run.stages import EVAL_STAGES, FINETUNE, REDUCE, STAGES, Stage, Work, stage
 from hpcnli.run.state import progress_line, retry_round
+from hpcnli.sweeps import report as sweep_report
+from hpcnli.sweeps.grid import SweepPaths
+from hpcnli.sweeps.state import sweep_work
 
 log = logging.getLogger(__name__)
 SubmissionRefused = submitit.core.utils.FailedJobError  # what submitit raises when sbatch refuses a job
@@ -32,13 +36,22 @@ SubmissionRefused = submitit.core.utils.FailedJobError  # what submitit raises w
 
 def executor_for(cfg: RunConfig, paths: RunPaths, name: str) -> submitit.SlurmExecutor:
     """An executor with the stage's resources (run.stages); `name` is a stage's name or label."""
+    return _executor(paths.submitit_folder, [cfg], name)
+
+
+def _executor(folder: Path, cfgs: list[RunConfig], name: str) -> submitit.SlurmExecutor:
+    """An executor for the stage's jobs of one or several runs (a sweep's array): each run's resources, the
+    longest time and the largest memory of them."""
     s = stage(name)
-    ex = submitit.SlurmExecutor(folder=paths.submitit_folder)
+    each = [s.resources(cfg.resources) for cfg in cfgs]
+    ex = submitit.SlurmExecutor(folder=folder)
     params = {
-        **s.resources(cfg.resources),
+        **each[0],
+        "time": max(p["time"] for p in each),
+        "mem": max((p["mem"] for p in each), key=lambda m: float(m.rstrip("G"))),
         "job_name": f"hpcnli-{s.label}",
         "stderr_to_stdout": True,
-        "additional_parameters": dict(cfg.resources.extra_sbatch),
+        "additional_parameters": dict(cfgs[0].resources.extra_sbatch),
     }
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return ex
@@ -107,6 +120,11 @@ def _submit_stage(
         return {"array_job_id": array, "shards": tasks, "task_job_ids": [j.job_id for j in jobs]}, array
     job = ex.submit(StageJob(s.name), run, tasks[0], retries)
     return job.job_id, job.job_id
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    """Arrays of at most `size` tasks (Slurm's MaxArraySize bounds the task index, so a chunk starts at 0)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def queued_stages(paths: RunPaths) -> dict[str, str]:
@@ -180,5 +198,107 @@ def wait_for(paths: RunPaths) -> int:
             ok = error is None and paths.report_md.is_file()
             outcome = "succeeded" if ok else f"failed ({str(error).splitlines()[0] if error else 'no report'})"
             print(f"reduce job {job_id}: {outcome}; report: {paths.report_md}", flush=True)
+            return 0 if ok else 1
+        time.sleep(5)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+class SweepJob:
+    """The sweep's gathering job: once every run's jobs have ended, resubmit what is missing (failed fine-tunes
+    too) while retries are left, else reduce every run and write the sweep's report."""
+
+    def __call__(self, sweep_dir: str, retries_left: int = 0) -> str:
+        setup_logging()
+        paths = SweepPaths(Path(sweep_dir))
+        plan = SweepPlan.read(paths.plan)
+        queued = {e["run"]: queued_stages(paths.run(e["run"])) for e in plan.runs}
+        works = sweep_work(paths, plan, queued)
+        waiting = any(
+            set(s.after_ok) & queued[run].keys() for run, work in works.items() for s in STAGES if work.todo(s)
+        )
+        if any(w.before_gathering() for w in works.values()) and (retries_left > 0 or waiting):
+            log.warning(
+                "runs with tasks missing: %s; resubmitting them (%d retries left)",
+                {run: {k: v for k, v in w.tasks.items() if v} for run, w in works.items() if w.before_gathering()},
+                retries_left,
+            )
+            with outside_job_env():
+                submit_sweep(paths, plan, works, retries=retries_left if waiting else retries_left - 1, queued=queued)
+            return "resubmitted"
+        for entry in plan.runs:
+            run = paths.run(entry["run"])
+            try:
+                importlib.import_module(REDUCE.module).run(load_config(run.config), run)
+            except Exception as e:
+                log.warning("%s: %s", entry["run"], str(e).splitlines()[0])
+        sweep_report.write(paths)  # raises IncompleteSweep (the job fails) when runs are left out
+        return str(paths.report_md)
+
+
+def submit_sweep(
+    paths: SweepPaths,
+    plan: SweepPlan,
+    works: dict[str, Work],
+    wait: bool = False,
+    retries: int | None = None,
+    queued: dict[str, dict[str, str]] | None = None,
+) -> int:
+    """The fine-tunes of every run that needs one as one array (split at MaxArraySize), each run's eval arrays
+    (the fine-tuned one after its run's array task, the base one only for base-group owners), and one reduce for
+    the sweep after all of them. `queued`: run -> stage -> job id of jobs the cluster still holds."""
+    runs = {e["run"]: paths.run(e["run"]) for e in plan.runs}
+    cfgs = {name: load_config(run.config) for name, run in runs.items()}
+    retries = cfgs[plan.runs[0]["run"]].resources.max_retries if retries is None else retries
+    submitted: dict[str, dict] = {name: {} for name in runs}
+    depend: dict[str, dict[str, str]] = {name: dict((queued or {}).get(name, {})) for name in runs}
+    tuning = [name for name in runs if works[name].finetune]
+    for chunk in _chunks(tuning, max_array_size()):
+        ex = _executor(paths.submitit_folder, [cfgs[n] for n in chunk], FINETUNE.name)
+        jobs = ex.map_array(StageJob(FINETUNE.name), [str(runs[n].run_dir) for n in chunk], [0] * len(chunk))
+        for name, job in zip(chunk, jobs):
+            submitted[name][FINETUNE.name] = depend[name][FINETUNE.name] = job.job_id  # <array>_<task>
+    for name, run in runs.items():
+        for s in EVAL_STAGES:
+            tasks = works[name].todo(s)
+            if tasks:
+                after_ok = [depend[name][d] for d in s.after_ok if d in depend[name]]
+                submitted[name][s.name], depend[name][s.name] = _submit_stage(
+                    cfgs[name], run, s, tasks, after_ok, [], retries
+                )
+    ex = _executor(paths.submitit_folder, [cfgs[plan.runs[0]["run"]]], REDUCE.name)
+    waits = sorted({job.split("_")[0] for d in depend.values() for job in d.values()})
+    ex.update_parameters(job_name="hpcnli-sweep-reduce")
+    if waits:
+        ex.update_parameters(dependency="afterany:" + ":".join(waits))
+    reduce_job = ex.submit(SweepJob(), str(paths.sweep_dir), retries)
+    SubmissionLedger(paths).record({REDUCE.name: reduce_job.job_id}, retries_left=retries)
+    for name, run in runs.items():
+        if submitted[name]:
+            SubmissionLedger(run).record({**submitted[name], REDUCE.name: reduce_job.job_id}, retries_left=retries)
+    print(f"submitted to partition {cfgs[plan.runs[0]['run']].resources.partition}:")
+    for name in runs:
+        ids = {k: v["array_job_id"] if isinstance(v, dict) else v for k, v in submitted[name].items()}
+        print(f"  {name:<10} " + (", ".join(f"{k} {v}" for k, v in ids.items()) or "nothing left"))
+    print(f"  sweep reduce {reduce_job.job_id}\nwatch: python -m hpcnli.status {paths.sweep_dir}")
+    return wait_for_sweep(paths) if wait else 0
+
+
+def wait_for_sweep(paths: SweepPaths) -> int:
+    """Block until the sweep's last reduce job ends (following resubmissions)."""
+    ledger = SubmissionLedger(paths)
+    while True:
+        job_id = ledger.last_reduce_job()
+        if job_id is None:
+            raise RuntimeError(f"{paths.ledger} lists no reduce job")
+        job: submitit.SlurmJob = submitit.SlurmJob(folder=paths.submitit_folder, job_id=job_id)
+        if job.done():
+            if ledger.last_reduce_job() != job_id:
+                continue
+            error = job.exception()
+            ok = error is None and paths.report_md.is_file()
+            outcome = "succeeded" if ok else f"failed ({str(error).splitlines()[0] if error else 'no report'})"
+            print(f"sweep reduce job {job_id}: {outcome}; report: {paths.report_md}", flush=True)
             return 0 if ok else 1
         time.sleep(5)

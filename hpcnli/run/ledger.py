@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hpcnli.io import RunFileError, read_json, write_json
 from hpcnli.run.paths import RunPaths
+
+if TYPE_CHECKING:
+    from hpcnli.sweeps.grid import SweepPaths
 from hpcnli.run.stages import REDUCE, STAGES
 
 
@@ -27,7 +31,7 @@ class Submission:
 
 
 class SubmissionLedger:
-    def __init__(self, paths: RunPaths):
+    def __init__(self, paths: RunPaths | SweepPaths):  # a run's jobs, or a sweep's own (its reduce jobs)
         self.paths = paths
 
     def exists(self) -> bool:

@@ -143,7 +143,10 @@ def check_shard(
 
 
 def _shard_metrics_problem(cfg, model: str, shard: int, metrics: ShardMetrics, expected: dict) -> str | None:
-    if metrics.config_hash != cfg.hash():
+    if model == "base" and metrics.base_hash is not None:  # the base model's predictions: no adapter recipe in it
+        if metrics.base_hash != cfg.base_hash():
+            return f"written for base settings {metrics.base_hash}, not this run's {cfg.base_hash()}"
+    elif metrics.config_hash != cfg.hash():
         return f"written for config {metrics.config_hash}, not this run's {cfg.hash()}"
     if metrics.model != model or metrics.shard != shard:
         return f"metrics file describes {metrics.model} shard {metrics.shard}"
