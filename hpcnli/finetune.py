@@ -83,11 +83,15 @@ def save_checkpoint(paths: RunPaths, model, optimizer, scheduler, state: dict) -
         paths.checkpoint_complete(staging).touch()
     for old in paths.other_checkpoints(target):
         shutil.rmtree(old, ignore_errors=True)
-    best = state.get("best")
-    for old in paths.best_adapters.glob("step_*"):  # a resumed run needs only the best its checkpoint names
+    prune_best_adapters(paths, state.get("best"))  # a resumed run needs only the best its checkpoint names
+    log.info("checkpoint at step %d: %s", state["step"], target)
+
+
+def prune_best_adapters(paths: RunPaths, best: dict | None) -> None:
+    """Delete every best adapter but the one of `best` (the best held-out point a checkpoint or a resumed run holds)."""
+    for old in paths.best_adapters.glob("step_*"):
         if best is None or paths.step_of(old) != best["step"]:
             shutil.rmtree(old, ignore_errors=True)
-    log.info("checkpoint at step %d: %s", state["step"], target)
 
 
 def save_best_adapter(paths: RunPaths, model, step: int) -> None:
@@ -288,9 +292,7 @@ def train_loop(cfg, paths: RunPaths, accelerator, trainee: Trainee, stop: StopRe
     elif done:  # stale checkpoints: a later checkpoint of this run must not sit beside them
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     if accelerator.is_main_process:  # best adapters of steps the resumed run redoes (or of another attempt)
-        for old in paths.best_adapters.glob("step_*"):
-            if state["best"] is None or paths.step_of(old) != state["best"]["step"]:
-                shutil.rmtree(old, ignore_errors=True)
+        prune_best_adapters(paths, state["best"])
     model.train()
     reset_peak_memory()
     if cfg.train.log_with == "tensorboard":  # the same event files across requeues; redone steps replace theirs

@@ -24,7 +24,7 @@ from hpcnli.logs import setup_logging
 from hpcnli.records import Report, ShardMetrics, TestManifest, TrainMetrics
 from hpcnli.report import index, markdown, stats
 from hpcnli.run.ledger import SubmissionLedger
-from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.paths import MODELS, SWEEP_PLAN, RunPaths
 from hpcnli.run.stages import Stage
 from hpcnli.run.state import collect, test_set_changed, training_problem
 
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     setup_logging()
 
     def reduce_run() -> int:
-        if (Path(args.run_dir) / "sweep.json").is_file():
+        if (Path(args.run_dir) / SWEEP_PLAN).is_file():
             return reduce_sweep(args.run_dir)
         paths = RunPaths(args.run_dir)
         if not paths.config.is_file():

@@ -17,7 +17,7 @@ from hpcnli.io import RunFileError
 from hpcnli.records import Report
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.lock import lock_is_held
-from hpcnli.run.paths import RunPaths
+from hpcnli.run.paths import SWEEP_PLAN, RunPaths
 from hpcnli.run.stages import STAGES
 from hpcnli.run.state import remaining_work
 
@@ -91,7 +91,7 @@ def show_sweep(sweep_dir: str) -> int:
 
 
 def show(run_dir: str) -> int:
-    if (Path(run_dir) / "sweep.json").is_file():
+    if (Path(run_dir) / SWEEP_PLAN).is_file():
         return show_sweep(run_dir)
     paths = RunPaths(Path(run_dir))
     if not paths.config.is_file():

@@ -23,7 +23,7 @@ from hpcnli.launch import local
 from hpcnli.logs import setup_logging
 from hpcnli.run import eval_resources, memory_plan, time_plan
 from hpcnli.run.lock import RunLock
-from hpcnli.run.paths import RunPaths
+from hpcnli.run.paths import SWEEP_PLAN, RunPaths
 from hpcnli.run.planning import PlanError, check_resumable, create_once, create_run, slurm_problem
 from hpcnli.run.stages import Work
 from hpcnli.run.state import remaining_work
@@ -75,6 +75,8 @@ def prepare(args) -> tuple[RunConfig, RunPaths, Work]:
     partition = [f"resources.partition={args.partition}"] if args.partition else []
     if args.resume:
         paths = RunPaths(args.resume)
+        if (paths.run_dir / SWEEP_PLAN).is_file():
+            raise PlanError(f"--resume {args.resume} is a sweep; complete it with python -m hpcnli.sweep --resume")
         if not paths.config.is_file():
             raise PlanError(f"--resume {args.resume}: no config.yaml there; is it a run directory?")
         if args.overrides:

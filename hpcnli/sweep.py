@@ -18,6 +18,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from hpcnli.cluster.commands import scheduler_limits
 from hpcnli.config import load_config
 from hpcnli.errors import Interrupted, raise_on_sigterm, run_command
 from hpcnli.launch import local
@@ -25,7 +26,7 @@ from hpcnli.logs import setup_logging
 from hpcnli.records import SweepPlan
 from hpcnli.run.planning import PlanError, check_resumable, slurm_problem
 from hpcnli.submit import RUN_NAME, check_local_cpus
-from hpcnli.sweeps.grid import Sweep, SweepPaths, create_sweep, is_sweep
+from hpcnli.sweeps.grid import Sweep, SweepPaths, create_sweep, is_sweep, point_configs, slurm_jobs
 from hpcnli.sweeps.state import status_lines, sweep_work
 
 
@@ -53,8 +54,8 @@ def parse_args(argv=None):
 
 
 def plan(args) -> tuple[SweepPaths, SweepPlan]:
-    """The sweep planned now (every run checked first), or the one to resume."""
-    partition = [f"resources.partition={args.partition}"] if args.partition else []
+    """The sweep planned now (every run's config checked, and on Slurm the partition and the queue's room, before
+    any directory is made), or the one to resume."""
     if args.resume:
         if not is_sweep(args.resume):
             raise PlanError(f"--resume {args.resume}: no sweep.json there; is it a sweep directory?")
@@ -63,14 +64,27 @@ def plan(args) -> tuple[SweepPaths, SweepPlan]:
     sweep = Sweep.from_file(args.sweep) if args.sweep else Sweep.from_cli(args.config, args.items, args.seeds, None)
     if args.name is not None and not RUN_NAME.fullmatch(args.name):
         raise PlanError(f"--name: {args.name!r} must be letters, digits, '-', '_' or '.' (a directory in output_root)")
-    root = Path(load_config(sweep.config, list(sweep.overrides)).output_root)
+    partition = [f"resources.partition={args.partition}"] if args.partition else []
+    planned = point_configs(sweep, partition)
+    first = planned[0][2]
+    if args.executor == "slurm":
+        why = slurm_problem(first)
+        if why:
+            raise PlanError(why)
+        jobs, room = slurm_jobs(planned), scheduler_limits()["MaxJobCount"]
+        if jobs > room:
+            raise PlanError(
+                f"the sweep would queue {jobs} jobs (array tasks count one each: {len(planned)} runs x "
+                f"(1 fine-tune + {first.eval.num_shards} eval shards), base shards and a reduce), but this cluster "
+                f"holds at most {room} (MaxJobCount); narrow the grid, fewer seeds, or lower eval.num_shards"
+            )
     name = args.name or f"{sweep.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    paths = create_sweep(sweep, root / name, partition)
+    paths = create_sweep(sweep, Path(first.output_root) / name, planned)
     return paths, SweepPlan.read(paths.plan)
 
 
 def check_runs(args, paths: SweepPaths, plan: SweepPlan) -> None:
-    """What hpcnli.submit checks of one run, for each run of the sweep, before anything runs or is queued."""
+    """What hpcnli.submit checks of one run before anything runs or is queued, for each run of the sweep."""
     partition = [f"resources.partition={args.partition}"] if args.partition else []
     for entry in plan.runs:
         run = paths.run(entry["run"])
@@ -86,11 +100,6 @@ def check_runs(args, paths: SweepPaths, plan: SweepPlan) -> None:
 
 
 def start(args) -> int:
-    if args.executor == "slurm" and not args.resume:  # the partition is checked before any directory is made
-        cfg = load_config(args.config or _sweep_config(args.sweep), [f"resources.partition={args.partition}"])
-        why = slurm_problem(cfg)
-        if why:
-            raise PlanError(why)
     paths, sweep_plan = plan(args)
     print(f"sweep directory: {paths.sweep_dir}")
     for p in sweep_plan.points:
@@ -120,10 +129,6 @@ def start(args) -> int:
     except (KeyboardInterrupt, Interrupted):
         print(f"hpcnli.sweep: stopped; nothing computed is lost: {resume}", file=sys.stderr)
         return 130
-
-
-def _sweep_config(sweep_file: str) -> str:
-    return Sweep.from_file(sweep_file).config
 
 
 def main(argv=None) -> int:

@@ -17,10 +17,10 @@ LAYERS = [
     ("schema", ["hpcnli.config", "hpcnli.config.*", "hpcnli.run.paths", "hpcnli.records"]),
     ("model", ["hpcnli.model.*"]),
     ("scoring and reporting", ["hpcnli.scoring.*", "hpcnli.report.*"]),
-    ("run state", ["hpcnli.run.*"]),
+    ("run state", ["hpcnli.run.*", "hpcnli.sweeps.*"]),
     ("stages", ["hpcnli.finetune", "hpcnli.evaluate", "hpcnli.reduce"]),
     ("launchers", ["hpcnli.launch.*"]),
-    ("commands", ["hpcnli.submit", "hpcnli.status"]),
+    ("commands", ["hpcnli.submit", "hpcnli.sweep", "hpcnli.status", "hpcnli.cli"]),
 ]
 
 

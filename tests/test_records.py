@@ -10,13 +10,20 @@ import pytest
 
 from hpcnli.config import load_config
 from hpcnli.io import RunFileError
-from hpcnli.records import Report, ShardMetrics, TrainMetrics
+from hpcnli.records import Report, ShardMetrics, SweepReport, TrainMetrics
 from hpcnli.report.markdown import render
 from hpcnli.report.plots import write_plots
 from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.sweeps import compare
+from hpcnli.sweeps import report as sweep_report
+from hpcnli.sweeps.grid import SweepPaths
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-COMMITTED = sorted(p.parent for p in RESULTS.glob("*/report.json"))
+SWEEPS = sorted(p.parent for p in RESULTS.glob("*/sweep.json"))
+# The committed runs, and those of the committed sweeps (their directories inside the sweep's)
+COMMITTED = sorted(p.parent for p in RESULTS.glob("*/report.json") if p.parent not in SWEEPS) + sorted(
+    p.parent for sweep in SWEEPS for p in sweep.glob("*/report.json")
+)
 
 
 def test_there_are_committed_reports():
@@ -28,9 +35,21 @@ def test_committed_report_renders_byte_identical(run_dir, tmp_path):
     rep = Report.read(run_dir / "report.json")
     (tmp_path / run_dir.name).mkdir()
     plots = write_plots(RunPaths(tmp_path / run_dir.name), rep) if rep.complete else []
-    # What the renderer made of it before reports were typed records (commit ac0ad14); report.md itself is older.
+    # What the renderer made of it before reports were typed records (commit ac0ad14) where report.md is older;
+    # a sweep's runs are newer: their report.md is the rendering.
     golden = Path(__file__).parent / "golden" / f"report_{run_dir.name}.md"
-    assert render(rep, plots, RunPaths(run_dir).run_dir) == golden.read_text()
+    expected = (run_dir / "report.md") if run_dir.parent in SWEEPS else golden
+    assert render(rep, plots, RunPaths(run_dir).run_dir) == expected.read_text()
+
+
+@pytest.mark.parametrize("sweep_dir", SWEEPS, ids=lambda p: p.name)
+def test_committed_sweep_report_is_what_its_runs_files_give(sweep_dir):
+    """The sweep's report.json rebuilt from its runs' committed files (reports, held-out curves, validated test
+    predictions), and its report.md rendered from that report.json."""
+    paths = SweepPaths(sweep_dir)
+    rep = SweepReport.read(paths.report_json)
+    assert compare.build(paths) == rep
+    assert sweep_report.render(rep, plotted=True) == paths.report_md.read_text()
 
 
 @pytest.mark.parametrize("run_dir", COMMITTED, ids=lambda p: p.name)

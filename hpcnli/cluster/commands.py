@@ -96,14 +96,20 @@ def live_jobs(job_ids: list[str]) -> list[str]:
     return sorted(j for j in job_ids if j in listed or j in {line.split("_")[0] for line in listed})
 
 
-DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
+SCHEDULER_DEFAULTS = {"MaxArraySize": 1001, "MaxJobCount": 10000}
 
 
-def max_array_size() -> int:
-    """The cluster's MaxArraySize (an array task's index must stay below it), from `scontrol show config`."""
+def scheduler_limits() -> dict[str, int]:
+    """The cluster's MaxArraySize (an array task's index stays below it) and MaxJobCount (jobs the controller
+    holds at once, each array task one), from `scontrol show config`; Slurm's defaults where it does not say."""
     out = _run("scontrol", "show", "config")
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout if out else "", re.MULTILINE)
-    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+    text = out.stdout if out is not None and out.returncode == 0 else ""
+    limits = dict(SCHEDULER_DEFAULTS)
+    for key in limits:
+        match = re.search(rf"^{key}\s*=\s*(\d+)", text, re.MULTILINE)
+        if match:
+            limits[key] = int(match.group(1))
+    return limits
 
 
 def job_records(job_ids: list[str]) -> dict[str, dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import submitit
 
-from hpcnli.cluster.commands import live_jobs, max_array_size
+from hpcnli.cluster.commands import live_jobs, scheduler_limits
 from hpcnli.cluster.env import JobEnvironment, outside_job_env
 from hpcnli.config import RunConfig, load_config
 from hpcnli.logs import setup_logging
@@ -254,7 +254,7 @@ def submit_sweep(
     submitted: dict[str, dict] = {name: {} for name in runs}
     depend: dict[str, dict[str, str]] = {name: dict((queued or {}).get(name, {})) for name in runs}
     tuning = [name for name in runs if works[name].finetune]
-    for chunk in _chunks(tuning, max_array_size()):
+    for chunk in _chunks(tuning, scheduler_limits()["MaxArraySize"]):
         ex = _executor(paths.submitit_folder, [cfgs[n] for n in chunk], FINETUNE.name)
         jobs = ex.map_array(StageJob(FINETUNE.name), [str(runs[n].run_dir) for n in chunk], [0] * len(chunk))
         for name, job in zip(chunk, jobs):
@@ -285,10 +285,13 @@ def submit_sweep(
     return wait_for_sweep(paths) if wait else 0
 
 
-def wait_for_sweep(paths: SweepPaths) -> int:
-    """Block until the sweep's last reduce job ends (following resubmissions)."""
+def wait_for_sweep(paths: SweepPaths, timeout_s: float | None = None) -> int:
+    """Block until the sweep's last reduce job ends (following resubmissions); TimeoutError after timeout_s."""
     ledger = SubmissionLedger(paths)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the sweep's reduce job {ledger.last_reduce_job()} has not ended in {timeout_s:.0f} s")
         job_id = ledger.last_reduce_job()
         if job_id is None:
             raise RuntimeError(f"{paths.ledger} lists no reduce job")

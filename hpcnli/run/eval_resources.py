@@ -22,7 +22,7 @@ from hpcnli.config import RunConfig
 from hpcnli.io import RunFileError
 from hpcnli.model.footprint import CPU_PROCESS_BYTES, GiB
 from hpcnli.records import Report, ShardMetrics
-from hpcnli.run.paths import MODELS, RunPaths
+from hpcnli.run.paths import MODELS, runs_under
 
 EVAL_GPU_CPUS = 4
 HOST_MARGIN = 1.25
@@ -41,8 +41,7 @@ def last_shard_rate(cfg: RunConfig, gpu: bool) -> tuple[float, float, str] | Non
     """(steady pairs/s, load + warm-up seconds, run name) of the newest finished eval shard of this model in
     output_root on the same kind of device (GPU or CPU), or None."""
     best = None
-    root = Path(cfg.output_root)
-    for run in (RunPaths(p) for p in (sorted(root.iterdir()) if root.is_dir() else []) if p.is_dir()):
+    for run in runs_under(Path(cfg.output_root)):
         try:
             if Report.read(run.report_json).config.get("model", {}).get("name_or_path") != cfg.model.name_or_path:
                 continue

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from hpcnli.io import RunFileError, read_json, write_json
-from hpcnli.run.paths import RunPaths
-
-if TYPE_CHECKING:
-    from hpcnli.sweeps.grid import SweepPaths
 from hpcnli.run.stages import REDUCE, STAGES
+
+
+class HasLedger(Protocol):
+    """A run's paths (RunPaths), or a sweep's (sweeps.grid.SweepPaths: its own reduce jobs)."""
+
+    @property
+    def ledger(self) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Submission:
 
 
 class SubmissionLedger:
-    def __init__(self, paths: RunPaths | SweepPaths):  # a run's jobs, or a sweep's own (its reduce jobs)
+    def __init__(self, paths: HasLedger):
         self.paths = paths
 
     def exists(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,3 +166,17 @@ class RunPaths:
 def results_index(output_root: Path) -> Path:
     """The index of every run under output_root (`results/report.md`); it belongs to output_root, not to a run."""
     return Path(output_root) / "report.md"
+
+
+SWEEP_PLAN = "sweep.json"  # what makes a directory a sweep's (hpcnli.sweeps.grid.SweepPaths)
+
+
+def runs_under(output_root: Path) -> Iterator[RunPaths]:
+    """The directories in output_root, and those of the sweeps there (a sweep's runs are one level down), in name
+    order: every run that planning may learn a throughput from. Not all need be runs; readers check."""
+    root = Path(output_root)
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if (p / SWEEP_PLAN).is_file():
+            yield from (RunPaths(q) for q in sorted(p.iterdir()) if q.is_dir())
+        elif p.is_dir():
+            yield RunPaths(p)

@@ -17,7 +17,7 @@ from pathlib import Path
 from hpcnli.config import RunConfig
 from hpcnli.io import RunFileError
 from hpcnli.records import Report, TrainMetrics
-from hpcnli.run.paths import RunPaths
+from hpcnli.run.paths import runs_under
 from hpcnli.run.stages import MAX_REQUEUES
 
 SAMPLE = 5000  # training pairs tokenized for the mean prompt length when the plan has no lengths
@@ -34,8 +34,7 @@ def pairs_to_train(cfg: RunConfig, n_train: int, mean_tokens: float) -> float:
 def last_throughput(cfg: RunConfig, gpu: bool) -> tuple[float, str] | None:
     """Prompt tokens/s of the newest finished fine-tune of this model in output_root, and that run's name."""
     best = None
-    root = Path(cfg.output_root)
-    for run in (RunPaths(p) for p in (sorted(root.iterdir()) if root.is_dir() else []) if p.is_dir()):
+    for run in runs_under(Path(cfg.output_root)):
         try:
             metrics = TrainMetrics.read(run.train_metrics)
             run_cfg = Report.read(run.report_json).config

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hpcnli.config import ConfigError, RunConfig, load_config, read_yaml
 from hpcnli.records import SweepPlan
-from hpcnli.run.paths import RunPaths
+from hpcnli.run.paths import SWEEP_PLAN, RunPaths
 from hpcnli.run.planning import PlanError, create_run, provenance
 
 SEED_KEY = "train.seed"
@@ -185,7 +185,7 @@ def run_name(point: str, seed: int) -> str:
 def point_configs(sweep: Sweep, partition: list[str]) -> list[tuple[dict, int, RunConfig]]:
     """Every point x seed's config, built and checked; all problems at once, each naming its point."""
     check_grid(sweep)
-    out, problems = [], []
+    out, problems, seen = [], [], set()
     for point in sweep.points():
         settings = [f"{k}={v}" for k, v in point["settings"].items()]
         for seed in sweep.seeds:
@@ -196,11 +196,12 @@ def point_configs(sweep: Sweep, partition: list[str]) -> list[tuple[dict, int, R
                 if not Path(sweep.config).is_file():
                     raise PlanError(str(e)) from None
                 text = ", ".join(settings)
-                problems += [f"point {point['point']} ({text}): {p}" for p in e.problems if p not in problems]
+                problems += [f"point {point['point']} ({text}): {p}" for p in e.problems if p not in seen]
+                seen.update(e.problems)  # a problem every point has (a misspelt key) is said once
                 continue
             out.append((point, seed, cfg))
     if problems:
-        raise PlanError("\n".join(dict.fromkeys(problems)))
+        raise PlanError("\n".join(problems))
     check_comparable([cfg for _, _, cfg in out])
     return out
 
@@ -227,7 +228,7 @@ class SweepPaths:
 
     @property
     def plan(self) -> Path:
-        return self.sweep_dir / "sweep.json"
+        return self.sweep_dir / SWEEP_PLAN
 
     def run(self, name: str) -> RunPaths:
         return RunPaths(self.sweep_dir / name)
@@ -259,13 +260,19 @@ class SweepPaths:
 
 
 def is_sweep(directory: str | Path) -> bool:
-    return (Path(directory) / "sweep.json").is_file()
+    return (Path(directory) / SWEEP_PLAN).is_file()
 
 
-def create_sweep(sweep: Sweep, sweep_dir: Path, partition: list[str]) -> SweepPaths:
-    """Check every run, then make the sweep directory and plan its runs; a run that fails its plan (data,
-    model) removes the sweep directory again: nothing was computed in it."""
-    planned = point_configs(sweep, partition)
+def slurm_jobs(planned: list[tuple[dict, int, RunConfig]]) -> int:
+    """Jobs the sweep puts in the queue at once (each array task counts, as for Slurm's MaxJobCount): a fine-tune
+    and a fine-tuned eval array per run, a base eval array per base group, and the sweep's reduce."""
+    groups = {cfg.base_hash(): cfg.eval.num_shards for _, _, cfg in planned}
+    return sum(1 + cfg.eval.num_shards for _, _, cfg in planned) + sum(groups.values()) + 1
+
+
+def create_sweep(sweep: Sweep, sweep_dir: Path, planned: list[tuple[dict, int, RunConfig]]) -> SweepPaths:
+    """Make the sweep directory and plan its runs (point_configs checked their configs); a run that fails its
+    plan (data, model) removes the sweep directory again: nothing was computed in it."""
     paths = SweepPaths(sweep_dir)
     try:
         paths.sweep_dir.mkdir(parents=True, exist_ok=False)

@@ -37,7 +37,7 @@ def plot(rep: SweepReport, path) -> bool:
         for n, rest in enumerate(others):
             mine = {p["settings"][key]: p for p in rep.points if all(p["settings"][k] == v for k, v in rest)}
             xs = [i for i, v in enumerate(values) if v in mine]
-            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in rest) or "all seeds"
+            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in rest)
             for field, style in (("heldout", "-o"), ("test", "--s")):
                 ax.errorbar(
                     [x + 0.04 * n for x in xs],
@@ -46,7 +46,7 @@ def plot(rep: SweepReport, path) -> bool:
                     fmt=style,
                     color=f"C{n}",
                     capsize=4,
-                    label=f"{label} ({'held-out' if field == 'heldout' else 'test'})",
+                    label=" ".join([label, "held-out" if field == "heldout" else "test"]).strip(),
                 )
         ax.set_xticks(range(len(values)), values)
         ax.set_xlabel(key)
