@@ -109,6 +109,7 @@ def test_two_nodes_train_like_one_process(one_and_two, tmp_path):
         "train.max_steps=6",
         "train.batch_size=4",
         "resources.nodes=2",
+        "eval.num_shards=1",  # the training is what is compared: one eval task per model
     )
     m1, m2 = (json.loads(p.train_metrics.read_text()) for p in (one, nodes))
     assert (m2["num_processes"], m2["nodes"], m2["effective_batch_size"]) == (2, 2, 8)

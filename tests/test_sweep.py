@@ -26,11 +26,15 @@ from test_slurm import sacct, sh
 SMOKE = "jobs/smoke.yaml"
 GRID = ["train.learning_rate=5e-4,1e-3"]
 HELD_OUT = ["data.holdout=8", "train.eval_every=3"]
+SMALL = [
+    "eval.num_shards=1",
+    "data.synthetic_test_size=12",
+]  # one eval task per model, 12 test pairs: the sweep is under test
 RUNS = ["p00-s0", "p00-s1", "p01-s0", "p01-s1"]
 
 
 def sweep_args(root: Path, name: str, *extra: str) -> list[str]:
-    return ["hpcnli.sweep", "--config", SMOKE, *GRID, *HELD_OUT, f"output_root={root}", "--name", name, *extra]
+    return ["hpcnli.sweep", "--config", SMOKE, *GRID, *HELD_OUT, *SMALL, f"output_root={root}", "--name", name, *extra]
 
 
 @pytest.mark.parametrize(
@@ -206,7 +210,7 @@ def test_local_sweep_stopped_in_a_fine_tune_resumes_what_is_missing(tmp_path):
     assert [b["scored_by"] for b in rep.base] == ["p00-s0"]
 
     status = run_cli("hpcnli.status", sweep_dir).stdout
-    assert "p01-s1     finetune done; shards base 2/2, finetuned 2/2; report written (base shards: p00-s0's)" in status
+    assert "p01-s1     finetune done; shards base 1/1, finetuned 1/1; report written (base shards: p00-s0's)" in status
     assert "report     complete; winner p0" in status
     # The console command; the report is rewritten from the same files to the same text.
     before = (sweep_dir / "report.md").read_text()
