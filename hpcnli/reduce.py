@@ -21,12 +21,15 @@ from hpcnli.data.nli import LABELS, load_split
 from hpcnli.errors import raise_on_sigterm, run_command
 from hpcnli.io import RunFileError, read_json
 from hpcnli.logs import setup_logging
-from hpcnli.records import Report, ShardMetrics, TestManifest, TrainMetrics
+from hpcnli.records import Report, ShardMetrics, SweepPlan, SweepReport, TestManifest, TrainMetrics
 from hpcnli.report import index, markdown, stats
 from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import MODELS, SWEEP_PLAN, RunPaths
 from hpcnli.run.stages import Stage
 from hpcnli.run.state import collect, test_set_changed, training_problem
+from hpcnli.sweeps import report as sweep_report
+from hpcnli.sweeps.compare import IncompleteSweep
+from hpcnli.sweeps.grid import SweepPaths
 
 log = logging.getLogger("hpcnli.reduce")
 METRIC_MODULE = Path(__file__).parent / "metrics" / "accuracy" / "accuracy.py"
@@ -184,27 +187,16 @@ def run_task(cfg, paths: RunPaths, stage: Stage, task: int, job) -> str:
     return str(paths.report_md)
 
 
-def reduce_sweep(sweep_dir: str) -> int:
-    """Every run's report, then the sweep's (hpcnli.sweeps.report)."""
-    from hpcnli.records import SweepPlan
-    from hpcnli.sweeps import report as sweep_report
-    from hpcnli.sweeps.compare import IncompleteSweep
-    from hpcnli.sweeps.grid import SweepPaths
-
-    paths = SweepPaths(Path(sweep_dir))
+def reduce_sweep(paths: SweepPaths) -> SweepReport:
+    """Every run's report (an incomplete one is listed in the sweep's), then the sweep's report; raises
+    IncompleteSweep, after writing it, when runs are left out."""
     for entry in SweepPlan.read(paths.plan).runs:
         run_paths = paths.run(entry["run"])
         try:
             run(load_config(run_paths.config), run_paths)
         except IncompleteRun as e:
-            print(f"hpcnli.reduce: {entry['run']}: {str(e).splitlines()[0]}", file=sys.stderr)
-    try:
-        sweep_report.write(paths)
-    except IncompleteSweep as e:
-        print(f"hpcnli.reduce: {e}", file=sys.stderr)
-        return 1
-    print(f"sweep report: {paths.report_md}")
-    return 0
+            log.warning("%s: %s", entry["run"], str(e).splitlines()[0])
+    return sweep_report.write(paths)
 
 
 def main(argv=None) -> int:
@@ -215,7 +207,14 @@ def main(argv=None) -> int:
 
     def reduce_run() -> int:
         if (Path(args.run_dir) / SWEEP_PLAN).is_file():
-            return reduce_sweep(args.run_dir)
+            sweep = SweepPaths(Path(args.run_dir))
+            try:
+                reduce_sweep(sweep)
+                print(f"sweep report: {sweep.report_md}")
+            except IncompleteSweep as e:
+                print(f"hpcnli.reduce: {e}", file=sys.stderr)
+                return 1
+            return 0
         paths = RunPaths(args.run_dir)
         if not paths.config.is_file():
             raise RunFileError(

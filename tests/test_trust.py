@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, copy_run, run_cli
 from hpcnli.config import load_config
@@ -31,17 +32,29 @@ def one_line_error(proc, status: int, message: str) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
 
 
-def test_edited_config_retrains_and_rescores_everything(smoke_run, tmp_path):
+def test_edited_config_retrains_and_rescores_what_depends_on_it(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "edited")
     p.config.write_text(p.config.read_text().replace("learning_rate: 0.0005", "learning_rate: 0.001"))
     proc = run_cli("hpcnli.submit", "--resume", p.run_dir)
-    assert "finetune=yes, base shards [0, 1], finetuned shards [0, 1]" in proc.stdout
+    # the base model's predictions do not depend on the recipe: its shards stay (ShardMetrics.base_hash)
+    assert "finetune=yes, base shards [], finetuned shards [0, 1]" in proc.stdout
     assert "redo: fine-tune: config.yaml changed since the adapter was trained" in proc.stdout
     cfg = load_config(p.config)
     rep = json.loads(p.report_json.read_text())
     assert rep["complete"] and rep["config"]["train"]["learning_rate"] == 0.001
     assert rep["training"]["inputs"]["train_config_hash"] == cfg.train_hash()
-    assert all(s["config_hash"] == cfg.hash() for m in MODELS for s in rep["shards"][m])
+    assert all(s["config_hash"] == cfg.hash() for s in rep["shards"]["finetuned"])
+    assert all(s["base_hash"] == cfg.base_hash() != s["config_hash"] for s in rep["shards"]["base"])
+
+    # an eval setting changes what both models' predictions depend on, not the adapter
+    data = yaml.safe_load(p.config.read_text())
+    data["eval"]["batch_size"] = 6
+    p.config.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = run_cli("hpcnli.submit", "--resume", p.run_dir)
+    assert "finetune=done, base shards [0, 1], finetuned shards [0, 1]" in proc.stdout
+    assert "redo: base shard 0: written for base settings" in proc.stdout
+    rep = json.loads(p.report_json.read_text())
+    assert rep["complete"] and all(s["batch_size"] == 6 for m in MODELS for s in rep["shards"][m])
 
 
 def test_a_deleted_or_corrupt_adapter_is_retrained_not_trusted(smoke_run, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import submitit
@@ -26,9 +27,8 @@ from hpcnli.run.ledger import SubmissionLedger
 from hpcnli.run.paths import RunPaths
 from hpcnli.run.stages import EVAL_STAGES, FINETUNE, REDUCE, STAGES, Stage, Work, stage
 from hpcnli.run.state import progress_line, retry_round
-from hpcnli.sweeps import report as sweep_report
 from hpcnli.sweeps.grid import SweepPaths
-from hpcnli.sweeps.state import sweep_work
+from hpcnli.sweeps.state import status_lines, sweep_work
 
 log = logging.getLogger(__name__)
 SubmissionRefused = submitit.core.utils.FailedJobError  # what submitit raises when sbatch refuses a job
@@ -178,26 +178,38 @@ def submit_slurm(
 
 def wait_for(paths: RunPaths) -> int:
     """Block until the run's last reduce job ends (following resubmissions), printing progress."""
-    ledger, cfg = SubmissionLedger(paths), load_config(paths.config)
+    cfg = load_config(paths.config)
+    return _wait_for_reduce(paths, lambda: progress_line(cfg, paths), "reduce")
+
+
+def _wait_for_reduce(
+    paths: RunPaths | SweepPaths, progress: Callable[[], str], name: str, timeout_s: float | None = None
+) -> int:
+    """Block until the newest reduce job of the ledger ends, following the reduce jobs it resubmits, printing
+    progress() when it changes; TimeoutError after timeout_s. 0 when it wrote its report."""
+    ledger = SubmissionLedger(paths)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last = None
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{name} job {ledger.last_reduce_job()} has not ended in {timeout_s:.0f} s")
         job_id = ledger.last_reduce_job()
         if job_id is None:
             raise RuntimeError(f"{paths.ledger} lists no reduce job")
         job: submitit.SlurmJob = submitit.SlurmJob(folder=paths.submitit_folder, job_id=job_id)
-        line = progress_line(cfg, paths)
+        line = progress()
         if line != last:
             print(line, flush=True)
             last = line
         if job.done():
             if ledger.last_reduce_job() != job_id:
-                continue  # the reduce job resubmitted missing shards: follow the new one
+                continue  # the reduce job resubmitted missing tasks: follow the new one
             # Judge by submitit's result file, not the Slurm state: the job may still read RUNNING for a
             # moment after its function has returned.
             error = job.exception()
             ok = error is None and paths.report_md.is_file()
             outcome = "succeeded" if ok else f"failed ({str(error).splitlines()[0] if error else 'no report'})"
-            print(f"reduce job {job_id}: {outcome}; report: {paths.report_md}", flush=True)
+            print(f"{name} job {job_id}: {outcome}; report: {paths.report_md}", flush=True)
             return 0 if ok else 1
         time.sleep(5)
 
@@ -227,13 +239,9 @@ class SweepJob:
             with outside_job_env():
                 submit_sweep(paths, plan, works, retries=retries_left if waiting else retries_left - 1, queued=queued)
             return "resubmitted"
-        for entry in plan.runs:
-            run = paths.run(entry["run"])
-            try:
-                importlib.import_module(REDUCE.module).run(load_config(run.config), run)
-            except Exception as e:
-                log.warning("%s: %s", entry["run"], str(e).splitlines()[0])
-        sweep_report.write(paths)  # raises IncompleteSweep (the job fails) when runs are left out
+        from hpcnli.reduce import reduce_sweep
+
+        reduce_sweep(paths)  # raises IncompleteSweep (the job fails) when runs are left out
         return str(paths.report_md)
 
 
@@ -286,22 +294,6 @@ def submit_sweep(
 
 
 def wait_for_sweep(paths: SweepPaths, timeout_s: float | None = None) -> int:
-    """Block until the sweep's last reduce job ends (following resubmissions); TimeoutError after timeout_s."""
-    ledger = SubmissionLedger(paths)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"the sweep's reduce job {ledger.last_reduce_job()} has not ended in {timeout_s:.0f} s")
-        job_id = ledger.last_reduce_job()
-        if job_id is None:
-            raise RuntimeError(f"{paths.ledger} lists no reduce job")
-        job: submitit.SlurmJob = submitit.SlurmJob(folder=paths.submitit_folder, job_id=job_id)
-        if job.done():
-            if ledger.last_reduce_job() != job_id:
-                continue
-            error = job.exception()
-            ok = error is None and paths.report_md.is_file()
-            outcome = "succeeded" if ok else f"failed ({str(error).splitlines()[0] if error else 'no report'})"
-            print(f"sweep reduce job {job_id}: {outcome}; report: {paths.report_md}", flush=True)
-            return 0 if ok else 1
-        time.sleep(5)
+    """Block until the sweep's last reduce job ends (following resubmissions), printing each run's progress."""
+    plan = SweepPlan.read(paths.plan)
+    return _wait_for_reduce(paths, lambda: "\n".join(status_lines(paths, plan)), "sweep reduce", timeout_s)
