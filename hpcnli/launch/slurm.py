@@ -79,7 +79,7 @@ class StageJob:
             retry = retry_round(cfg, paths, frozenset(queued))
             # Waiting for a stage the cluster still holds (a requeued fine-tune whose dependents Slurm cancelled
             # when its first run ended) is not a retry: its dependents go again, after it, whatever is left.
-            waiting = any(set(x.after_ok) & queued.keys() for x in STAGES if retry.todo(x))
+            waiting = retry.waits_on(queued)
             if retry.before_gathering() and (retries_left > 0 or waiting):
                 log.warning(
                     "tasks missing (%s); resubmitting them%s (%d retries left)",
@@ -227,9 +227,7 @@ class SweepJob:
         plan = SweepPlan.read(paths.plan)
         queued = {e["run"]: queued_stages(paths.run(e["run"])) for e in plan.runs}
         works = sweep_work(paths, plan, queued)
-        waiting = any(
-            set(s.after_ok) & queued[run].keys() for run, work in works.items() for s in STAGES if work.todo(s)
-        )
+        waiting = any(work.waits_on(queued[run]) for run, work in works.items())
         if any(w.before_gathering() for w in works.values()) and (retries_left > 0 or waiting):
             log.warning(
                 "runs with tasks missing: %s; resubmitting them (%d retries left)",

@@ -161,6 +161,10 @@ class Work:
     def shards(self, model: str) -> list[int]:
         return self.todo(stage(model))
 
+    def waits_on(self, stages) -> bool:
+        """Any task left of a stage that needs (afterok) one of these stages: a stage the cluster still holds."""
+        return any(set(s.after_ok) & set(stages) for s in STAGES if self.todo(s))
+
     def before_gathering(self) -> bool:
         """Anything left for the stages that the gathering stage waits for."""
         return any(self.todo(s) for s in STAGES if not s.gathers)

@@ -10,7 +10,6 @@ the chance of any false "real difference" at 5% over all the comparisons.
 
 from __future__ import annotations
 
-import logging
 import statistics
 
 from hpcnli.config import load_config
@@ -20,7 +19,6 @@ from hpcnli.report import stats
 from hpcnli.run.state import collect
 from hpcnli.sweeps.grid import SweepPaths
 
-log = logging.getLogger("hpcnli.sweep")
 ALPHA = 0.05
 SELECTION = (
     "points ranked on mean held-out accuracy over seeds (data.holdout pairs, never trained on, at the step of the "
