@@ -1,13 +1,15 @@
 # Two commands on a fresh machine (each does its own set-up):
 #   make run    # the embedded default: fine-tune, sharded eval, report, all on this machine, offline
 #   make test   # lints (make lint), starts the local Slurm cluster (as root) and runs the whole test suite against it
+# For contributors, the inner loop:
+#   make check  # lint, types and the fast tests (no model weights, no Slurm): minutes
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 SLURM_DIR ?= /tmp/hpcnli-slurm
 
-.PHONY: setup run lint test cluster-up cluster-down bench
+.PHONY: setup run lint check test cluster-up cluster-down bench
 
 setup: $(VENV)/.installed
 
@@ -37,8 +39,15 @@ lint: setup
 	$(PY) -m mypy hpcnli || status=1; \
 	exit $$status
 
+# The fast tests: none that is marked slurm, model or gpu (pyproject.toml lists the markers).
+check: lint
+	$(PY) -m pytest -q -m "not slurm and not model and not gpu" --durations=10 tests
+
+# Every test, with line and branch coverage of hpcnli/ in every process (pyproject.toml's [tool.coverage]: the
+# report fails below its fail_under) and the 25 slowest tests.
 test: setup lint cluster-up
-	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra --durations=15 tests
+	rm -rf .coverage-data
+	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra --durations=25 --cov --cov-report=term tests
 
 bench: setup
 	$(PY) -m bench.eval_speed

@@ -43,6 +43,19 @@ def slurm_available() -> str | None:
     return None
 
 
+# Fixtures that bring their marker with them: a test that uses one needs what the marker says.
+FIXTURE_MARKS = {"slurm_cluster": "slurm", "smoke_run": "model"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, mark in FIXTURE_MARKS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
+        if item.get_closest_marker("slurm") or item.get_closest_marker("real_model"):
+            item.add_marker("model")  # a Slurm test runs stages; make check leaves out everything marked model
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     why = slurm_available()

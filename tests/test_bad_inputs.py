@@ -120,7 +120,8 @@ CASES = [
         "unknown packaged model",
         {},
         ["model.name_or_path=packaged:gpt-5"],
-        "model.name_or_path: unknown packaged model 'gpt-5'; packaged models: ['smollm2-135m-instruct']",
+        "model.name_or_path: unknown packaged model 'gpt-5'; "
+        "packaged models: ['smollm2-135m-instruct', 'smollm2-tiny-random']",
     ),
     (
         "LoRA target the model lacks",

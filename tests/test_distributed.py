@@ -3,7 +3,8 @@
 2 processes of batch b must train like 1 process of batch 2b with the same seed and data order, and a
 rank lost mid-run must fail the job as a whole, after which --resume completes it from its checkpoint.
 Training runs in float32 here: the comparison is of the data split and the gradient all-reduce, and
-bf16 would add rounding that differs with the split.
+bf16 would add rounding that differs with the split. The model is the smoke config's tiny one: its steps take
+milliseconds, so the runs that are stopped mid-way train many steps (LONG) to leave time to stop them.
 """
 
 import json
@@ -32,6 +33,7 @@ COMMON = [
     "train.eval_every=3",
 ]
 LOSS_TOLERANCE = 1e-3  # float32 sums in another order (per process, then all-reduced)
+LONG = 300  # steps of a run that is stopped after its first few: seconds of training left to stop it in
 
 
 def submit(run_dir: Path, *overrides: str, wait: bool = True) -> dict:
@@ -144,7 +146,7 @@ def test_a_lost_rank_fails_the_job_and_resume_completes_it(slurm_cluster, tmp_pa
     paths = RunPaths(run_dir)
     jobs = submit(
         run_dir,
-        "train.max_steps=24",
+        f"train.max_steps={LONG}",
         "train.checkpoint_every=3",
         "train.batch_size=4",
         "resources.processes_per_node=2",
@@ -154,7 +156,7 @@ def test_a_lost_rank_fails_the_job_and_resume_completes_it(slurm_cluster, tmp_pa
     deadline = time.time() + 600
     while not paths.complete_checkpoints():
         assert time.time() < deadline, "no checkpoint was written"
-        time.sleep(0.2)
+        time.sleep(0.05)
     pid = rank_pid(jobs["finetune"], rank=1)
     assert pid is not None, "rank 1 of the fine-tune job is not running"
     os.kill(pid, signal.SIGKILL)
@@ -165,7 +167,7 @@ def test_a_lost_rank_fails_the_job_and_resume_completes_it(slurm_cluster, tmp_pa
 
     run_cli("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
     metrics = json.loads(paths.train_metrics.read_text())
-    assert metrics["restarts"] == 1 and metrics["steps"] == 24 and metrics["num_processes"] == 2
+    assert metrics["restarts"] == 1 and metrics["steps"] == LONG and metrics["num_processes"] == 2
     assert json.loads(paths.report_json.read_text())["complete"]
     assert all(paths.shard_predictions(m, s).is_file() for m in MODELS for s in range(2))
 
@@ -177,7 +179,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_checkpoint(slurm_cluster, tmp_pat
     paths = RunPaths(run_dir)
     jobs = submit(
         run_dir,
-        "train.max_steps=40",
+        f"train.max_steps={LONG}",
         "train.checkpoint_every=0",
         "train.batch_size=4",
         "resources.processes_per_node=2",
@@ -189,9 +191,9 @@ def test_sigterm_to_one_rank_stops_both_at_one_checkpoint(slurm_cluster, tmp_pat
     def log() -> str:
         return "".join(p.read_text() for p in log_dir.glob("*.out")) if log_dir.is_dir() else ""
 
-    while "step 3/40" not in log():
+    while f"step 3/{LONG}" not in log():
         assert time.time() < deadline, "training did not start"
-        time.sleep(0.2)
+        time.sleep(0.05)
     pid = rank_pid(jobs["finetune"], rank=1)
     assert pid is not None, "rank 1 of the fine-tune job is not running"
     os.kill(pid, signal.SIGTERM)
@@ -200,13 +202,13 @@ def test_sigterm_to_one_rank_stops_both_at_one_checkpoint(slurm_cluster, tmp_pat
     stopped = {line.split("stopped after step ")[1].split(",")[0] for line in lines}
     assert len(lines) >= 2 and len(stopped) == 1, log()[-3000:]  # both ranks stopped, after the same step
     step = int(stopped.pop())
-    assert [p.name for p in paths.complete_checkpoints()] == [f"step_{step:07d}"] and 3 <= step < 40
+    assert [p.name for p in paths.complete_checkpoints()] == [f"step_{step:07d}"] and 3 <= step < LONG
 
     run_cli("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
     metrics = json.loads(paths.train_metrics.read_text())
-    assert metrics["restarts"] == 1 and metrics["steps"] == 40
-    assert [r["step"] for r in metrics["loss_curve"]] == list(range(1, 41))  # no step lost or doubled
-    assert [p["step"] for p in metrics["heldout_curve"]] == [*range(0, 40, 3), 40]  # nor a held-out point
+    assert metrics["restarts"] == 1 and metrics["steps"] == LONG
+    assert [r["step"] for r in metrics["loss_curve"]] == list(range(1, LONG + 1))  # no step lost or doubled
+    assert [p["step"] for p in metrics["heldout_curve"]] == [*range(0, LONG, 3), LONG]  # nor a held-out point
     assert len(metrics["memory_per_rank"]) == 2  # every rank's peak, not rank 0's alone
 
 

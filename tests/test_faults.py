@@ -16,7 +16,9 @@ from hpcnli.run.paths import MODELS, RunPaths
 from test_slurm import dependency, sacct, sh, wait_done
 
 pytestmark = pytest.mark.slurm
-FAULT_CFG = ["train.max_steps=6", "train.checkpoint_every=2", "resources.max_retries=1"]
+# The smoke config's tiny model trains a step in milliseconds: enough steps that the fine-tune is still running
+# when a test requeues it after its first checkpoint.
+FAULT_CFG = ["train.max_steps=300", "train.checkpoint_every=10", "resources.max_retries=1"]
 
 
 def submit(run_dir, *extra):
@@ -56,7 +58,7 @@ def wait_until(cond, what, timeout=600):
     while time.time() < deadline:
         if cond():
             return
-        time.sleep(1)
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -134,7 +136,7 @@ def test_a_fine_tune_still_queued_when_reduce_runs_is_waited_for(reference, tmp_
     while not pending(train):  # it was running: end this run and hold it in the queue
         assert time.time() < deadline and train in sh("squeue", "--noheader", "--format=%i").split(), "not held"
         subprocess.run(["scontrol", "requeuehold", train], capture_output=True)
-        time.sleep(1)
+        time.sleep(0.2)
     subprocess.run(["scancel", finetuned], capture_output=True)  # Slurm may have cancelled it already
 
     def resubmitted():

@@ -39,7 +39,7 @@ def wait_done(job_ids, timeout=900) -> dict[str, dict]:
         live = live_jobs([str(j) for j in job_ids])
         if rows and not live and all(r["state"] not in ("PENDING", "RUNNING", "REQUEUED") for r in rows.values()):
             return rows
-        time.sleep(3)
+        time.sleep(1)
     raise AssertionError(f"jobs {job_ids} still running after {timeout} s: {sacct(job_ids)}")
 
 

@@ -191,9 +191,8 @@ def test_local_sweep_stopped_in_a_fine_tune_resumes_what_is_missing(tmp_path):
     stopped_in = sweep_dir / "p01-s0" / "logs" / "finetune.log"
     deadline = time.monotonic() + 900
     while not stopped_in.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # inside the fine-tune
-    proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # inside the fine-tune: its process has started, its log is open
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, (out, err)
     assert f"python -m hpcnli.sweep --resume {sweep_dir}" in err.decode()

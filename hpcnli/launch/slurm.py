@@ -31,6 +31,7 @@ from hpcnli.sweeps.grid import SweepPaths
 from hpcnli.sweeps.state import status_lines, sweep_work
 
 log = logging.getLogger(__name__)
+WAIT_POLL_S = 1.0  # --wait: seconds between looks at the ledger, the run files and the reduce job
 SubmissionRefused = submitit.core.utils.FailedJobError  # what submitit raises when sbatch refuses a job
 
 
@@ -211,7 +212,7 @@ def _wait_for_reduce(
             outcome = "succeeded" if ok else f"failed ({str(error).splitlines()[0] if error else 'no report'})"
             print(f"{name} job {job_id}: {outcome}; report: {paths.report_md}", flush=True)
             return 0 if ok else 1
-        time.sleep(5)
+        time.sleep(WAIT_POLL_S)
 
 
 # ---------------------------------------------------------------- sweeps
