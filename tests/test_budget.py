@@ -89,6 +89,8 @@ def scored_model():
     return cfg, model, loading.load_tokenizer(cfg)
 
 
+@pytest.mark.model
+@pytest.mark.real_model
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_token_budget_scores_like_fixed_batches_and_never_exceeds_it(scored_model, share_prefix):
     """Every forward pass holds at most batch_tokens tokens (rows x (cached + new columns)), every pair is
@@ -132,6 +134,7 @@ def plan(tmp_path, *overrides, check=True):
     )
 
 
+@pytest.mark.model
 def test_auto_budgets_are_chosen_to_fit_and_written_into_the_plan(tmp_path):
     proc = plan(
         tmp_path,
@@ -156,6 +159,7 @@ def test_auto_budgets_are_chosen_to_fit_and_written_into_the_plan(tmp_path):
     assert small.train.batch_tokens < cfg.train.batch_tokens and small.eval.batch_tokens < cfg.eval.batch_tokens
 
 
+@pytest.mark.model
 def test_checkpointing_is_switched_on_only_when_needed(tmp_path):
     """A fixed batch too big for the memory: "auto" turns gradient checkpointing on, which cuts activations."""
     plan(tmp_path / "fits", "train.gradient_checkpointing=auto", "train.batch_size=16")
@@ -170,6 +174,7 @@ def test_checkpointing_is_switched_on_only_when_needed(tmp_path):
     assert memory["worst_fixed_train_batch"] == 480 * max(lengths)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "executor, overrides, key",
     [
@@ -194,6 +199,7 @@ def test_plan_over_the_memory_ceiling_is_refused_before_anything_runs(tmp_path, 
     assert "GiB" in proc.stderr and not (tmp_path / "run").exists()  # nothing planned, nothing run
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_auto_training_batches_on_gpus_need_a_ceiling(tmp_path, gpus):
     """The batches a run trains on are fixed when it is planned: each process (and a requeue onto another GPU type)
@@ -213,6 +219,7 @@ def test_auto_training_batches_on_gpus_need_a_ceiling(tmp_path, gpus):
     assert memory["stages"]["finetune"]["tokens_per_batch"] > 0
 
 
+@pytest.mark.model
 def test_plan_over_gpu_mem_is_refused_before_slurm_sees_it(tmp_path, slurm_cluster):
     def jobs():
         return subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True).stdout.split()
@@ -236,6 +243,8 @@ def test_plan_over_gpu_mem_is_refused_before_slurm_sees_it(tmp_path, slurm_clust
     assert jobs() == before and not (tmp_path / "run").exists()
 
 
+@pytest.mark.model
+@pytest.mark.real_model
 def test_memory_estimate_is_within_25_percent_of_the_measured_peak(tmp_path):
     """Each stage's estimate (planned from the model's configuration alone) against the resident peak of its
     work on this CPU: the peak since the model was loaded, less the process before it. glibc is told to return
@@ -272,6 +281,7 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak(tmp_path):
 # ---------------------------------------------------------------- eval weights made once per run
 
 
+@pytest.mark.model
 def test_eval_weights_are_made_once_and_score_as_a_fresh_load(smoke_run):
     cfg = load_config(smoke_run.config)
     for model in ("base", "finetuned"):
@@ -287,6 +297,7 @@ def test_eval_weights_are_made_once_and_score_as_a_fresh_load(smoke_run):
     assert fresh == read_jsonl(smoke_run.shard_predictions("finetuned", 1))
 
 
+@pytest.mark.model
 def test_stale_eval_weights_are_not_reused(smoke_run, tmp_path):
     """Weights written for another adapter are made again, not read."""
     from hpcnli.evaluate import eval_model
@@ -320,6 +331,7 @@ def phi2_config_dir(tmp_path_factory):
     return phi2_dir(tmp_path_factory.mktemp("phi2"), loading.load_tokenizer(load_config(DEFAULT)))
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "config, checkpointing", [("phi2_snli_qlora.yaml", False), ("phi2_snli_seed_recipe.yaml", True)]
 )

@@ -55,6 +55,7 @@ def best_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.model
 def test_the_curve_its_best_step_and_the_adapter_kept(best_run):
     m = TrainMetrics.read(best_run.train_metrics)
     assert [p["step"] for p in m.heldout_curve] == [0, 2, 4, 6] and m.heldout_pairs == 16
@@ -71,6 +72,7 @@ def test_the_curve_its_best_step_and_the_adapter_kept(best_run):
     assert f"the **best** step's, step {m.best_step}" in report and best_run.plot("loss").is_file()
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("weights,tolerance", [("dequantized", 1e-3), ("4bit", 0.02)])
 def test_held_out_scores_are_the_evaluation_stages_for_the_kept_adapter(best_run, weights, tolerance):
     """The evaluation stage's model for the kept adapter (full output layer) on the curve's pairs gives the best
@@ -91,6 +93,7 @@ def test_held_out_scores_are_the_evaluation_stages_for_the_kept_adapter(best_run
     assert loss / len(rows) == pytest.approx(best["loss"], abs=tolerance)
 
 
+@pytest.mark.model
 def test_tensorboard_has_the_loss_the_learning_rate_and_the_curve(best_run):
     got = scalars(best_run)
     m = TrainMetrics.read(best_run.train_metrics)
@@ -110,6 +113,7 @@ def _finetune(run: RunPaths) -> subprocess.Popen:
     )
 
 
+@pytest.mark.model
 def test_the_curve_survives_sigterm_and_resume(tmp_path):
     """SIGTERM mid-run checkpoints; the resumed fine-tune neither loses nor repeats a point, in
     train_metrics.json and in TensorBoard (the same event files: steps redone replace theirs). And scoring the
@@ -151,6 +155,7 @@ def test_the_curve_survives_sigterm_and_resume(tmp_path):
     assert [r["loss"] for r in stopped.loss_curve] == pytest.approx(plain_losses, abs=1e-6)
 
 
+@pytest.mark.model
 def test_early_stopping_ends_training_after_the_patience(tmp_path):
     run = RunPaths(tmp_path / "early")
     run_cli(
@@ -187,6 +192,7 @@ def test_a_curve_that_cannot_be_what_it_says_is_refused(overrides, message):
         load_config(SMOKE, overrides)
 
 
+@pytest.mark.model
 def test_the_plans_count_the_held_out_scoring(tmp_path, smoke_run):
     """Memory: the eval batches held between steps; time: the evaluations at the newest shard's pairs/s."""
     from hpcnli.model.footprint import model_shape, train_parts

@@ -33,6 +33,7 @@ def reduce_problems(p: RunPaths) -> str:
     return proc.stderr
 
 
+@pytest.mark.model
 def test_swapped_predictions_are_refused(smoke_run, tmp_path):
     """Swapping base and fine-tuned predictions files flipped the difference's sign in a complete report."""
     p = copy_run(smoke_run, tmp_path / "swap")
@@ -45,6 +46,7 @@ def test_swapped_predictions_are_refused(smoke_run, tmp_path):
     assert "finetuned shard 0 (12 examples): shard_0000.jsonl is not the file its metrics describe" in err
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "edit,message",
     [
@@ -70,6 +72,7 @@ def test_an_edited_row_is_refused_even_with_a_matching_hash(smoke_run, tmp_path,
     assert message in reduce_problems(p)
 
 
+@pytest.mark.model
 def test_empty_train_metrics_is_not_an_older_run(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "empty")
     p.train_metrics.write_text("{}")
@@ -78,12 +81,14 @@ def test_empty_train_metrics_is_not_an_older_run(smoke_run, tmp_path):
     assert work.finetune and "train_metrics.json is unreadable" in work.why[0]
 
 
+@pytest.mark.model
 def test_deleted_adapter_is_no_complete_report(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "no-adapter")
     shutil.rmtree(p.adapter)
     assert "fine-tune: no complete adapter and train_metrics.json" in reduce_problems(p)
 
 
+@pytest.mark.model
 def test_truncated_eval_weights_are_written_again(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "weights")
     run_cli("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "0")
@@ -94,6 +99,7 @@ def test_truncated_eval_weights_are_written_again(smoke_run, tmp_path):
     run_cli("hpcnli.reduce", p.run_dir)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "override",
     ["train.learning_rate=.inf", "train.learning_rate=1e400", "train.weight_decay=.inf", "train.warmup_ratio=.nan"],
@@ -104,6 +110,7 @@ def test_no_float_key_accepts_a_non_finite_value(tmp_path, override):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.model
 def test_a_diverged_fine_tune_stops_with_one_line(tmp_path):
     proc = run_cli(
         "hpcnli.submit",
@@ -121,6 +128,7 @@ def test_a_diverged_fine_tune_stops_with_one_line(tmp_path):
     assert "Traceback" not in log and "INCOMPLETE" in RunPaths(tmp_path / "r").report_md.read_text()
 
 
+@pytest.mark.model
 def test_a_refused_force_deletes_nothing(smoke_run, tmp_path):
     """--resume --force on a run in use is refused, and the complete run stays complete."""
     import fcntl
@@ -134,12 +142,14 @@ def test_a_refused_force_deletes_nothing(smoke_run, tmp_path):
     assert p.train_metrics.read_bytes() == before
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("extra", [["--config", "jobs/nothing.yaml"], ["--name", "x"], ["--run-dir", "/tmp/x"]])
 def test_resume_ignores_nothing_given(smoke_run, tmp_path, extra):
     proc = run_cli("hpcnli.submit", "--resume", smoke_run.run_dir, *extra, check=False)
     assert proc.returncode == 2 and f"{extra[0]} cannot go with it" in proc.stderr, proc.stderr
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "root,message", [("", "output_root: empty"), ("  ", "output_root: empty"), ("~/x", "'~' is not expanded here")]
 )
@@ -149,6 +159,7 @@ def test_output_root_is_checked(tmp_path, root, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.model
 def test_the_output_layer_is_no_lora_target_with_the_labels_loss(tmp_path):
     proc = plan_only(tmp_path / "r", "lora.target_modules=[lm_head, q_proj]")
     one_line_error(proc, 2, "lora.target_modules: lm_head is the output layer")
@@ -159,6 +170,7 @@ def test_invisible_text_is_empty(text):
     assert not visible(text) and visible("a" + text)
 
 
+@pytest.mark.model
 def test_status_says_what_is_valid_not_what_exists(smoke_run, tmp_path):
     import fcntl
 
@@ -181,6 +193,7 @@ def _pairs_file(path, rows) -> str:
     return str(path)
 
 
+@pytest.mark.model
 def test_train_test_overlap_is_measured_by_content(tmp_path):
     rows = [(f"A man rides horse number {i}.", f"Someone rides {i}.", i % 3) for i in range(40)]
     train = _pairs_file(tmp_path / "train.jsonl", rows)
@@ -196,6 +209,7 @@ def test_train_test_overlap_is_measured_by_content(tmp_path):
     assert json.loads(RunPaths(tmp_path / "p").test_manifest.read_text())["train_overlap"] == 3
 
 
+@pytest.mark.model
 def test_input_is_bounded(tmp_path):
     """A YAML alias bomb is refused at once; a huge train.max_steps plans in seconds (a bound, not every batch)."""
     bomb = tmp_path / "bomb.yaml"
@@ -208,6 +222,7 @@ def test_input_is_bounded(tmp_path):
     plan_only(tmp_path / "r", "train.max_steps=1000000000000", check=True)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "name,content,command,message",
     [
@@ -223,12 +238,14 @@ def test_a_file_of_the_wrong_shape_is_one_line(smoke_run, tmp_path, name, conten
     one_line_error(run_cli(command, p.run_dir, *args, check=False), 2, message)
 
 
+@pytest.mark.model
 def test_a_shard_metrics_file_of_the_wrong_shape_is_a_named_problem(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "shard-shape")
     p.shard_metrics("base", 0).write_text("[]")
     assert "base shard 0 (12 examples): unreadable (RecordError" in reduce_problems(p)
 
 
+@pytest.mark.model
 def test_a_bad_old_run_does_not_break_planning(smoke_run, tmp_path):
     """The time plan reads every run in output_root; one with a broken train_metrics.json is passed over."""
     root = tmp_path / "root"
@@ -238,6 +255,7 @@ def test_a_bad_old_run_does_not_break_planning(smoke_run, tmp_path):
     run_cli("hpcnli.submit", "--config", SMOKE, "--plan-only", "--name", "new", f"output_root={root}")
 
 
+@pytest.mark.model
 def test_refused_plan_only_leaves_nothing_beside_the_run(tmp_path):
     plan_only(tmp_path / "r", check=True)
     one_line_error(
@@ -246,6 +264,7 @@ def test_refused_plan_only_leaves_nothing_beside_the_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # neither a lock file beside r nor the refused s
 
 
+@pytest.mark.model
 def test_cpu_processes_share_the_node_memory(tmp_path):
     one = plan_only(tmp_path / "one", "train.batch_tokens=auto", check=True).stdout
     two = plan_only(tmp_path / "two", "train.batch_tokens=auto", "resources.processes_per_node=2", check=True).stdout
@@ -257,6 +276,7 @@ def test_cpu_processes_share_the_node_memory(tmp_path):
     assert tokens[1] < tokens[0]  # each of two processes has half the node's memory
 
 
+@pytest.mark.model
 def test_a_full_disk_while_checkpointing_is_one_line(tmp_path):
     """torch and safetensors report a full disk in their own words; directory_aside names it, leaves nothing."""
     import os
@@ -315,6 +335,7 @@ def test_weak_messages_are_exact(tmp_path):
     assert "loop.jsonl: a loop of symbolic links" in _data_error(tmp_path, loop)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "override,message",
     [

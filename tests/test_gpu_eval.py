@@ -82,6 +82,7 @@ def smoke_scorer():
     return cfg, examples, model, loading.load_tokenizer(cfg)
 
 
+@pytest.mark.model
 def test_near_ties_take_the_float32_scores(smoke_scorer):
     cfg, examples, model, tokenizer = smoke_scorer
     exact = predict(model, tokenizer, cfg, examples)
@@ -112,6 +113,7 @@ def test_near_ties_take_the_float32_scores(smoke_scorer):
     assert [r["pred"] for r in everything] == [r["pred"] for r in exact]
 
 
+@pytest.mark.model
 def test_a_run_with_rounded_products_says_what_rescoring_did(tmp_path):
     run_cli("hpcnli.submit", "--config", SMOKE, "--run-dir", tmp_path / "run", "eval.matmul=bf16")
     paths = RunPaths(tmp_path / "run")
@@ -162,6 +164,7 @@ def test_eval_tasks_ask_for_their_own_plan_not_the_fine_tunes(tmp_path):
     assert task["mem_gb"] == 40 and _sbatch(set_, "eval-finetuned")["mem"] == "40G"
 
 
+@pytest.mark.model
 def test_eval_time_comes_from_the_newest_shards_throughput(smoke_run):
     cfg = load_config(smoke_run.config, ["resources.time_min=600"])
     shards = [ShardMetrics.read(smoke_run.shard_metrics(m, s)) for m in MODELS for s in range(2)]

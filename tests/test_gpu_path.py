@@ -90,6 +90,7 @@ def test_two_writers_without_a_working_lock_leave_one_whole_set(monkeypatch, tmp
     assert sorted(p.name for p in target.parent.iterdir()) == ["base"]  # no staging or old copy left
 
 
+@pytest.mark.model
 def test_a_stage_planned_for_gpus_stops_on_a_machine_without(tmp_path):
     """Through the local executor, as on a node Slurm gave no GPU: each stage says so in one line, nothing scored."""
     proc = run_cli(

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from conftest import ROOT
 from hpcnli.logs import quiet_known_notices
 
@@ -40,6 +42,7 @@ NOISE = {
 }
 
 
+@pytest.mark.model
 def test_a_first_run_says_what_it_does_and_nothing_else(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", STAGES, str(tmp_path / "eval_model")],

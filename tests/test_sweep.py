@@ -121,6 +121,7 @@ def test_bad_sweeps_are_refused_with_the_key_to_change(items, seeds, message):
     assert message in str(e.value)
 
 
+@pytest.mark.model
 def test_a_refused_sweep_makes_nothing_and_says_so_in_one_line(tmp_path):
     proc = run_cli(*sweep_args(tmp_path, "bad", "lora.r=8,0"), check=False)
     assert proc.returncode == 2, proc.stderr
@@ -132,6 +133,7 @@ def test_a_refused_sweep_makes_nothing_and_says_so_in_one_line(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.model
 def test_too_many_jobs_for_the_cluster_are_refused_before_anything_is_queued(slurm_cluster, tmp_path):
     limit = int(sh("scontrol", "show", "config").split("MaxJobCount")[1].split("=")[1].split()[0])
     lrs = ",".join(f"{i}e-4" for i in range(1, 11))
@@ -183,6 +185,7 @@ def check_sweep_report(sweep_dir: Path) -> SweepReport:
     return rep
 
 
+@pytest.mark.model
 def test_local_sweep_stopped_in_a_fine_tune_resumes_what_is_missing(tmp_path):
     sweep_dir = tmp_path / "local"
     proc = subprocess.Popen(
@@ -219,6 +222,7 @@ def test_local_sweep_stopped_in_a_fine_tune_resumes_what_is_missing(tmp_path):
     assert (sweep_dir / "report.md").read_text() == before
 
 
+@pytest.mark.model
 def test_slurm_sweep_one_fine_tune_array_and_a_cancelled_point_retried(slurm_cluster, tmp_path):
     from hpcnli.launch.slurm import wait_for_sweep
 
@@ -253,6 +257,7 @@ def test_arrays_beyond_max_array_size_are_split_from_index_zero():
     assert _chunks(["a"], 1001) == [["a"]]
 
 
+@pytest.mark.model
 def test_plan_only_plans_every_run_and_the_shared_base_and_runs_nothing(tmp_path):
     proc = run_cli(*sweep_args(tmp_path, "planned", "--plan-only", "--seeds", "0,1"))
     assert "planned 4 runs" in proc.stdout and "base model scored once for each of 1 base(s)" in proc.stdout
