@@ -210,6 +210,7 @@ def test_the_plans_count_the_held_out_scoring(tmp_path, smoke_run):
         "--plan-only",
         "--run-dir",
         smoke_run.run_dir.parent / "curve-plan",
+        f"output_root={smoke_run.run_dir.parent}",  # the smoke run's throughputs, not results/' runs of other models
         "data.holdout=16",
         "train.eval_every=1",
         "train.max_steps=3",
