@@ -89,7 +89,6 @@ def scored_model():
     return cfg, model, loading.load_tokenizer(cfg)
 
 
-@pytest.mark.model
 @pytest.mark.real_model
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_token_budget_scores_like_fixed_batches_and_never_exceeds_it(scored_model, share_prefix):
@@ -219,7 +218,6 @@ def test_auto_training_batches_on_gpus_need_a_ceiling(tmp_path, gpus):
     assert memory["stages"]["finetune"]["tokens_per_batch"] > 0
 
 
-@pytest.mark.model
 def test_plan_over_gpu_mem_is_refused_before_slurm_sees_it(tmp_path, slurm_cluster):
     def jobs():
         return subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True).stdout.split()
@@ -243,7 +241,6 @@ def test_plan_over_gpu_mem_is_refused_before_slurm_sees_it(tmp_path, slurm_clust
     assert jobs() == before and not (tmp_path / "run").exists()
 
 
-@pytest.mark.model
 @pytest.mark.real_model
 def test_memory_estimate_is_within_25_percent_of_the_measured_peak(tmp_path):
     """Each stage's estimate (planned from the model's configuration alone) against the resident peak of its
@@ -281,7 +278,6 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak(tmp_path):
 # ---------------------------------------------------------------- eval weights made once per run
 
 
-@pytest.mark.model
 def test_eval_weights_are_made_once_and_score_as_a_fresh_load(smoke_run):
     cfg = load_config(smoke_run.config)
     for model in ("base", "finetuned"):
@@ -297,7 +293,6 @@ def test_eval_weights_are_made_once_and_score_as_a_fresh_load(smoke_run):
     assert fresh == read_jsonl(smoke_run.shard_predictions("finetuned", 1))
 
 
-@pytest.mark.model
 def test_stale_eval_weights_are_not_reused(smoke_run, tmp_path):
     """Weights written for another adapter are made again, not read."""
     from hpcnli.evaluate import eval_model

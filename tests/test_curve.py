@@ -192,7 +192,6 @@ def test_a_curve_that_cannot_be_what_it_says_is_refused(overrides, message):
         load_config(SMOKE, overrides)
 
 
-@pytest.mark.model
 def test_the_plans_count_the_held_out_scoring(tmp_path, smoke_run):
     """Memory: the eval batches held between steps; time: the evaluations at the newest shard's pairs/s."""
     from hpcnli.model.footprint import model_shape, train_parts

@@ -33,7 +33,6 @@ def reduce_problems(p: RunPaths) -> str:
     return proc.stderr
 
 
-@pytest.mark.model
 def test_swapped_predictions_are_refused(smoke_run, tmp_path):
     """Swapping base and fine-tuned predictions files flipped the difference's sign in a complete report."""
     p = copy_run(smoke_run, tmp_path / "swap")
@@ -46,7 +45,6 @@ def test_swapped_predictions_are_refused(smoke_run, tmp_path):
     assert "finetuned shard 0 (12 examples): shard_0000.jsonl is not the file its metrics describe" in err
 
 
-@pytest.mark.model
 @pytest.mark.parametrize(
     "edit,message",
     [
@@ -72,7 +70,6 @@ def test_an_edited_row_is_refused_even_with_a_matching_hash(smoke_run, tmp_path,
     assert message in reduce_problems(p)
 
 
-@pytest.mark.model
 def test_empty_train_metrics_is_not_an_older_run(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "empty")
     p.train_metrics.write_text("{}")
@@ -81,14 +78,12 @@ def test_empty_train_metrics_is_not_an_older_run(smoke_run, tmp_path):
     assert work.finetune and "train_metrics.json is unreadable" in work.why[0]
 
 
-@pytest.mark.model
 def test_deleted_adapter_is_no_complete_report(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "no-adapter")
     shutil.rmtree(p.adapter)
     assert "fine-tune: no complete adapter and train_metrics.json" in reduce_problems(p)
 
 
-@pytest.mark.model
 def test_truncated_eval_weights_are_written_again(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "weights")
     run_cli("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "0")
@@ -128,7 +123,6 @@ def test_a_diverged_fine_tune_stops_with_one_line(tmp_path):
     assert "Traceback" not in log and "INCOMPLETE" in RunPaths(tmp_path / "r").report_md.read_text()
 
 
-@pytest.mark.model
 def test_a_refused_force_deletes_nothing(smoke_run, tmp_path):
     """--resume --force on a run in use is refused, and the complete run stays complete."""
     import fcntl
@@ -142,7 +136,6 @@ def test_a_refused_force_deletes_nothing(smoke_run, tmp_path):
     assert p.train_metrics.read_bytes() == before
 
 
-@pytest.mark.model
 @pytest.mark.parametrize("extra", [["--config", "jobs/nothing.yaml"], ["--name", "x"], ["--run-dir", "/tmp/x"]])
 def test_resume_ignores_nothing_given(smoke_run, tmp_path, extra):
     proc = run_cli("hpcnli.submit", "--resume", smoke_run.run_dir, *extra, check=False)
@@ -170,7 +163,6 @@ def test_invisible_text_is_empty(text):
     assert not visible(text) and visible("a" + text)
 
 
-@pytest.mark.model
 def test_status_says_what_is_valid_not_what_exists(smoke_run, tmp_path):
     import fcntl
 
@@ -222,7 +214,6 @@ def test_input_is_bounded(tmp_path):
     plan_only(tmp_path / "r", "train.max_steps=1000000000000", check=True)
 
 
-@pytest.mark.model
 @pytest.mark.parametrize(
     "name,content,command,message",
     [
@@ -238,14 +229,12 @@ def test_a_file_of_the_wrong_shape_is_one_line(smoke_run, tmp_path, name, conten
     one_line_error(run_cli(command, p.run_dir, *args, check=False), 2, message)
 
 
-@pytest.mark.model
 def test_a_shard_metrics_file_of_the_wrong_shape_is_a_named_problem(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "shard-shape")
     p.shard_metrics("base", 0).write_text("[]")
     assert "base shard 0 (12 examples): unreadable (RecordError" in reduce_problems(p)
 
 
-@pytest.mark.model
 def test_a_bad_old_run_does_not_break_planning(smoke_run, tmp_path):
     """The time plan reads every run in output_root; one with a broken train_metrics.json is passed over."""
     root = tmp_path / "root"

@@ -82,7 +82,6 @@ def assert_same_answers(a: list[dict], b: list[dict], dtype: str, atol: float) -
     print(f"bf16: {len(differ)} of {len(a)} predictions differ, all near-ties (margin < {BF16_ATOL} nats)")
 
 
-@pytest.mark.model
 @pytest.mark.real_model
 @needs_snli
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -102,7 +101,6 @@ def test_batched_scoring_matches_one_example_at_a_time(dtype):
         assert all(margin(r["scores"]) < BF16_ATOL for r in differ), differ
 
 
-@pytest.mark.model
 @pytest.mark.real_model
 @needs_snli
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -118,7 +116,6 @@ def test_dequantized_weights_score_like_the_4bit_model(dtype):
     assert_same_answers(runs["dequantized"], runs["4bit"], four_bit_precision(models["4bit"]), atol=2e-3)
 
 
-@pytest.mark.model
 @pytest.mark.real_model
 @needs_snli
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -154,7 +151,6 @@ def test_shared_premise_prefix_scores_like_whole_prompts(weights, dtype, tmp_pat
         assert (_scores(base) - _scores(shared)).abs().max() > 1e-2
 
 
-@pytest.mark.model
 @pytest.mark.real_model
 def test_narrowed_output_layer_gives_the_label_word_logits():
     cfg = load_config(None, ["data.max_train_examples=6"])
@@ -183,7 +179,6 @@ def test_length_grouped_batches_cover_every_example_once_and_repeat():
     assert width(batches) < 0.8 * width(_batches(lengths, BatchRule(rows=16), seed=3, epoch=1, by_length=False))
 
 
-@pytest.mark.model
 @pytest.mark.real_model
 def test_top_layers_adapt_only_the_top_layers_and_backward_stops_there():
     cfg = load_config(None, ["lora.top_layers=3", "lora.target_modules=[q_proj, v_proj]"])

@@ -164,7 +164,6 @@ def test_eval_tasks_ask_for_their_own_plan_not_the_fine_tunes(tmp_path):
     assert task["mem_gb"] == 40 and _sbatch(set_, "eval-finetuned")["mem"] == "40G"
 
 
-@pytest.mark.model
 def test_eval_time_comes_from_the_newest_shards_throughput(smoke_run):
     cfg = load_config(smoke_run.config, ["resources.time_min=600"])
     shards = [ShardMetrics.read(smoke_run.shard_metrics(m, s)) for m in MODELS for s in range(2)]

@@ -11,7 +11,6 @@ from hpcnli.io import read_jsonl
 from hpcnli.run.paths import MODELS, RunPaths
 
 
-@pytest.mark.model
 def test_output_tree(smoke_run):
     p = smoke_run
     for f in (
@@ -37,7 +36,6 @@ def test_output_tree(smoke_run):
             assert p.shard_predictions(m, s).is_file() and p.shard_metrics(m, s).is_file()
 
 
-@pytest.mark.model
 def test_shards_cover_test_set_once(smoke_run):
     manifest = json.loads(smoke_run.test_manifest.read_text())
     for m in MODELS:
@@ -45,7 +43,6 @@ def test_shards_cover_test_set_once(smoke_run):
         assert ids == manifest["ids"]  # disjoint, complete, in order
 
 
-@pytest.mark.model
 def test_report_figures(smoke_run):
     rep = json.loads(smoke_run.report_json.read_text())
     assert rep["complete"] and rep["schema_version"] == 1
@@ -64,7 +61,6 @@ def test_report_figures(smoke_run):
     assert "Synthetic data" in md and f"{100 * rep['models']['base']['accuracy']:.1f}%" in md
 
 
-@pytest.mark.model
 def test_parameter_counts_against_unquantized_model(smoke_run):
     """4-bit packing halves stored elements; the report must count the real weights."""
     from transformers import AutoModelForCausalLM
@@ -86,7 +82,6 @@ def test_parameter_counts_against_unquantized_model(smoke_run):
     assert n_full == 3_219_776  # the smoke config's tiny SmolLM2 (49,152 x 64 embeddings, 2 layers), not a packed count
 
 
-@pytest.mark.model
 def test_results_index_stays_in_output_root(smoke_run, tmp_path):
     """A run outside output_root (--run-dir, or a copy) writes no index beside itself, and the index is
     never written over a report.md that hpcnli did not write."""
@@ -104,7 +99,6 @@ def test_results_index_stays_in_output_root(smoke_run, tmp_path):
     assert "[`smoke`](smoke/report.md)" in index.read_text()
 
 
-@pytest.mark.model
 def test_outputs_follow_the_umask(smoke_run):
     """Files are readable by the group and others as the umask allows (mkstemp alone would make them 0600)."""
     for f in (
@@ -118,7 +112,6 @@ def test_outputs_follow_the_umask(smoke_run):
         assert f.stat().st_mode & 0o777 == 0o666 & ~TEST_UMASK, f
 
 
-@pytest.mark.model
 def test_reducer_refuses_missing_shard(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "missing")
     p.shard_predictions("finetuned", 1).unlink()
@@ -130,7 +123,6 @@ def test_reducer_refuses_missing_shard(smoke_run, tmp_path):
     assert "INCOMPLETE" in p.report_md.read_text()
 
 
-@pytest.mark.model
 def test_reducer_refuses_duplicated_rows(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "dup")
     rows0 = p.shard_predictions("base", 0).read_text().splitlines(keepends=True)
@@ -145,7 +137,6 @@ def test_reducer_refuses_duplicated_rows(smoke_run, tmp_path):
     assert "base shard 0 (12 examples): 1 duplicated example id(s)" in proc.stderr
 
 
-@pytest.mark.model
 def test_resume_redoes_only_the_missing_shard(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "resume")
     before = {m: [p.shard_predictions(m, s).read_text() for s in range(2)] for m in MODELS}

@@ -133,7 +133,6 @@ def test_a_refused_sweep_makes_nothing_and_says_so_in_one_line(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.model
 def test_too_many_jobs_for_the_cluster_are_refused_before_anything_is_queued(slurm_cluster, tmp_path):
     limit = int(sh("scontrol", "show", "config").split("MaxJobCount")[1].split("=")[1].split()[0])
     lrs = ",".join(f"{i}e-4" for i in range(1, 11))
@@ -222,7 +221,6 @@ def test_local_sweep_stopped_in_a_fine_tune_resumes_what_is_missing(tmp_path):
     assert (sweep_dir / "report.md").read_text() == before
 
 
-@pytest.mark.model
 def test_slurm_sweep_one_fine_tune_array_and_a_cancelled_point_retried(slurm_cluster, tmp_path):
     from hpcnli.launch.slurm import wait_for_sweep
 

@@ -32,7 +32,6 @@ def one_line_error(proc, status: int, message: str) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
 
 
-@pytest.mark.model
 def test_edited_config_retrains_and_rescores_what_depends_on_it(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "edited")
     p.config.write_text(p.config.read_text().replace("learning_rate: 0.0005", "learning_rate: 0.001"))
@@ -58,7 +57,6 @@ def test_edited_config_retrains_and_rescores_what_depends_on_it(smoke_run, tmp_p
     assert rep["complete"] and all(s["batch_size"] == 6 for m in MODELS for s in rep["shards"][m])
 
 
-@pytest.mark.model
 def test_a_deleted_or_corrupt_adapter_is_retrained_not_trusted(smoke_run, tmp_path):
     gone = copy_run(smoke_run, tmp_path / "no-weights")
     (gone.adapter / "adapter_model.safetensors").unlink()
@@ -75,7 +73,6 @@ def test_a_deleted_or_corrupt_adapter_is_retrained_not_trusted(smoke_run, tmp_pa
     assert json.loads(cut.report_json.read_text())["complete"] is False
 
 
-@pytest.mark.model
 def test_an_adapter_trained_on_other_pairs_is_retrained(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "other-pairs")
     metrics = json.loads(p.train_metrics.read_text())
@@ -86,7 +83,6 @@ def test_an_adapter_trained_on_other_pairs_is_retrained(smoke_run, tmp_path):
     assert "fine-tune: data.train changed since the adapter was trained (content hash 0123456789abcdef" in work.why[0]
 
 
-@pytest.mark.model
 def test_shards_of_another_adapter_are_redone(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "other-adapter")
     metrics = json.loads(p.shard_metrics("finetuned", 1).read_text())
@@ -116,7 +112,6 @@ def test_a_changed_test_file_is_refused_everywhere(tmp_path):
     assert not RunPaths(run_dir).shard_predictions("base", 0).exists()
 
 
-@pytest.mark.model
 def test_commands_answer_broken_run_files_in_one_line(smoke_run, tmp_path):
     one_line_error(run_cli("hpcnli.reduce", tmp_path, check=False), 2, "is not a run directory (no config.yaml)")
     one_line_error(run_cli("hpcnli.status", tmp_path, check=False), 2, "is not a run directory (no config.yaml)")
