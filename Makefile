@@ -39,15 +39,21 @@ lint: setup
 	$(PY) -m mypy hpcnli || status=1; \
 	exit $$status
 
+# Test processes side by side (pytest-xdist): most of a stage's seconds are one core importing torch, so two
+# workers keep a 2-core machine busy. Tests of a module that shares a module-scoped run stay on one worker
+# (xdist_group marks); the session's smoke run is made once for both (conftest.smoke_run).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+
 # The fast tests: none that is marked slurm, model or gpu (pyproject.toml lists the markers).
 check: lint
-	$(PY) -m pytest -q -m "not slurm and not model and not gpu" --durations=10 tests
+	$(PY) -m pytest -q $(XDIST) -m "not slurm and not model and not gpu" --durations=10 tests
 
 # Every test, with line and branch coverage of hpcnli/ in every process (pyproject.toml's [tool.coverage]: the
 # report fails below its fail_under) and the 25 slowest tests.
 test: setup lint cluster-up
 	rm -rf .coverage-data
-	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra --durations=25 --cov --cov-report=term tests
+	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf $(PY) -m pytest -ra $(XDIST) --durations=25 --cov --cov-report=term tests
 
 bench: setup
 	$(PY) -m bench.eval_speed

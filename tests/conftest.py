@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TEST_UMASK = 0o022  # the usual umask, for the test process and every stage it starts
 os.umask(TEST_UMASK)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on the 2-core machines: one torch thread per process (each worker and every stage
+    # it starts), or OpenMP's spinning threads of one process slow the other's several-fold. Set before torch loads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_cli(*args, check=True, timeout=1200, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -28,6 +32,37 @@ def run_cli(*args, check=True, timeout=1200, env=None, cwd=ROOT) -> subprocess.C
         raise AssertionError(
             f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
         )
+    return proc
+
+
+def run_main(module: str, *args, check=True, cwd=ROOT) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` answered in this process: the command's own main() with its output and exit
+    status, as run_cli returns them, without a new interpreter that imports torch again (5 to 15 s a command).
+    For what a command answers (refusals, plans, reports, status); a test of processes, signals or stages that
+    run on their own uses run_cli. A traceback (a bug) is returned on stderr with status 1, as Python would."""
+    import contextlib
+    import importlib
+    import io
+    import traceback
+
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's usage errors
+                status = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except Exception:
+                traceback.print_exc()
+                status = 1
+    finally:
+        os.chdir(here)
+    proc = subprocess.CompletedProcess([module, *map(str, args)], status, out.getvalue(), err.getvalue())
+    if check and status != 0:
+        raise AssertionError(f"{args} exited {status}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
 
 
@@ -68,14 +103,31 @@ def slurm_cluster():
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One complete smoke run through the local executor, planned inside its output_root; tests copy it
-    before they change anything."""
+    before they change anything. Under pytest-xdist the workers share it: the first to ask makes it, in the
+    session's common temporary directory, while the others wait on its lock."""
+    from filelock import FileLock
+
     from hpcnli.run.paths import RunPaths
 
-    root = tmp_path_factory.mktemp("runs")
-    proc = run_cli(
-        "hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--name", "smoke", f"output_root={root}"
-    )
-    assert "report:" in proc.stdout
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's base directory is beside the others'
+    root = shared / "smoke-runs"
+    with FileLock(str(shared / "smoke-runs.lock")):
+        if not (root / "smoke" / "report.md").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a run interrupted in an earlier worker
+            root.mkdir()
+            proc = run_cli(
+                "hpcnli.submit",
+                "--config",
+                "jobs/smoke.yaml",
+                "--executor",
+                "local",
+                "--name",
+                "smoke",
+                f"output_root={root}",
+            )
+            assert "report:" in proc.stdout
     return RunPaths(root / "smoke")
 
 

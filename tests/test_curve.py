@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, copy_run, run_main
 from hpcnli.config import load_config
 from hpcnli.config.checks import ConfigError
 from hpcnli.data.nli import load_split
@@ -24,6 +24,8 @@ from hpcnli.scoring.engine import predict
 from hpcnli.scoring.heldout import curve_pairs
 
 SMOKE = ROOT / "jobs/smoke.yaml"
+# xdist_group: one pytest-xdist worker runs the module, so best_run is made once
+pytestmark = pytest.mark.xdist_group("curve")
 CURVE = ["data.holdout=16", "train.eval_every=2", "model.dtype=float32", "quantization.compute_dtype=float32"]
 
 
@@ -40,7 +42,7 @@ def scalars(run: RunPaths) -> dict[str, list[tuple[int, float]]]:
 def best_run(tmp_path_factory):
     """A complete local smoke run with held-out evaluation, keep: best and TensorBoard."""
     run = RunPaths(tmp_path_factory.mktemp("curve") / "best")
-    run_cli(
+    run_main(
         "hpcnli.submit",
         "--config",
         SMOKE,
@@ -51,6 +53,7 @@ def best_run(tmp_path_factory):
         "train.keep=best",
         "train.log_with=tensorboard",
         "train.log_every=1",
+        "eval.num_shards=1",  # the curve is under test, not the sharding
     )
     return run
 
@@ -124,7 +127,7 @@ def test_the_curve_survives_sigterm_and_resume(tmp_path):
     runs = {}
     for name, overrides in (("plain", plain), ("whole", extra), ("stopped", extra)):
         runs[name] = RunPaths(tmp_path / name)
-        run_cli("hpcnli.submit", "--config", SMOKE, "--run-dir", runs[name].run_dir, "--plan-only", *overrides)
+        run_main("hpcnli.submit", "--config", SMOKE, "--run-dir", runs[name].run_dir, "--plan-only", *overrides)
     assert _finetune(runs["plain"]).wait(timeout=600) == 0
     assert _finetune(runs["whole"]).wait(timeout=600) == 0
 
@@ -158,7 +161,7 @@ def test_the_curve_survives_sigterm_and_resume(tmp_path):
 @pytest.mark.model
 def test_early_stopping_ends_training_after_the_patience(tmp_path):
     run = RunPaths(tmp_path / "early")
-    run_cli(
+    run_main(
         "hpcnli.submit",
         "--config",
         SMOKE,
@@ -168,6 +171,7 @@ def test_early_stopping_ends_training_after_the_patience(tmp_path):
         "train.max_steps=40",
         "train.learning_rate=1e-12",  # nothing learnt: no evaluation beats step 0's
         "train.early_stopping_patience=2",
+        "eval.num_shards=1",
     )
     m = TrainMetrics.read(run.train_metrics)
     assert [p["step"] for p in m.heldout_curve] == [0, 2, 4] and m.steps == 4
@@ -202,14 +206,16 @@ def test_the_plans_count_the_held_out_scoring(tmp_path, smoke_run):
     assert held == 64 * 40 and memory_plan.heldout_tokens(load_config(SMOKE), 40) == 0
     assert train_parts(cfg, shape, 256, False, held)["held_out_scoring"] > 0
     assert "held_out_scoring" not in train_parts(cfg, shape, 256, False, 0)
-    planned = run_cli(
+    root = tmp_path / "root"  # the smoke run's throughputs, not results/' runs of other models
+    copy_run(smoke_run, root / "smoke")
+    planned = run_main(
         "hpcnli.submit",
         "--config",
         SMOKE,
         "--plan-only",
         "--run-dir",
-        smoke_run.run_dir.parent / "curve-plan",
-        f"output_root={smoke_run.run_dir.parent}",  # the smoke run's throughputs, not results/' runs of other models
+        root / "curve-plan",
+        f"output_root={root}",
         "data.holdout=16",
         "train.eval_every=1",
         "train.max_steps=3",

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from hpcnli.run.paths import MODELS, RunPaths
 from test_slurm import wait_done
 
-pytestmark = pytest.mark.slurm
+# xdist_group: one pytest-xdist worker runs the module, so its module-scoped runs are made once
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("ddp")]
 SMOKE = ROOT / "jobs" / "smoke.yaml"
 COMMON = [
     "model.dtype=float32",
@@ -37,7 +38,7 @@ LONG = 300  # steps of a run that is stopped after its first few: seconds of tra
 
 
 def submit(run_dir: Path, *overrides: str, wait: bool = True) -> dict:
-    run_cli(
+    run_main(
         "hpcnli.submit",
         "--config",
         SMOKE,
@@ -98,7 +99,7 @@ def test_two_nodes_train_like_one_process(one_and_two, tmp_path):
     """2 nodes x 1 process: the local cluster's partition `multi` is two slurmd nodes on this host."""
     one, _ = one_and_two
     nodes = RunPaths(tmp_path / "two-nodes")
-    run_cli(
+    run_main(
         "hpcnli.submit",
         "--config",
         SMOKE,
@@ -165,7 +166,7 @@ def test_a_lost_rank_fails_the_job_and_resume_completes_it(slurm_cluster, tmp_pa
     assert rows[jobs["finetune"]]["state"] in ("FAILED", "CANCELLED"), rows  # the job as a whole, not rank 1 alone
     assert not paths.train_metrics.exists() and paths.complete_checkpoints()
 
-    run_cli("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
+    run_main("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
     metrics = json.loads(paths.train_metrics.read_text())
     assert metrics["restarts"] == 1 and metrics["steps"] == LONG and metrics["num_processes"] == 2
     assert json.loads(paths.report_json.read_text())["complete"]
@@ -204,7 +205,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_checkpoint(slurm_cluster, tmp_pat
     step = int(stopped.pop())
     assert [p.name for p in paths.complete_checkpoints()] == [f"step_{step:07d}"] and 3 <= step < LONG
 
-    run_cli("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
+    run_main("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
     metrics = json.loads(paths.train_metrics.read_text())
     assert metrics["restarts"] == 1 and metrics["steps"] == LONG
     assert [r["step"] for r in metrics["loss_curve"]] == list(range(1, LONG + 1))  # no step lost or doubled
@@ -231,7 +232,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_checkpoint(slurm_cluster, tmp_pat
 )
 def test_jobs_the_partition_cannot_hold_are_refused_before_queueing(slurm_cluster, tmp_path, overrides, message):
     run_dir = tmp_path / "refused"
-    proc = run_cli(
+    proc = run_main(
         "hpcnli.submit", "--config", SMOKE, "--partition", "gpu", "--run-dir", run_dir, *overrides, check=False
     )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr

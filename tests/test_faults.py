@@ -11,18 +11,19 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from hpcnli.run.paths import MODELS, RunPaths
 from test_slurm import dependency, sacct, sh, wait_done
 
-pytestmark = pytest.mark.slurm
+# xdist_group: one pytest-xdist worker runs the module, so its module-scoped runs are made once
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("faults")]
 # The smoke config's tiny model trains a step in milliseconds: enough steps that the fine-tune is still running
 # when a test requeues it after its first checkpoint.
 FAULT_CFG = ["train.max_steps=300", "train.checkpoint_every=10", "resources.max_retries=1"]
 
 
 def submit(run_dir, *extra):
-    run_cli(
+    run_main(
         "hpcnli.submit",
         "--config",
         ROOT / "jobs/smoke.yaml",
@@ -164,7 +165,7 @@ def test_truncated_shard_is_redone_by_resume(reference, tmp_path):
     kept = p.shard_metrics("base", 0).read_text()
     full = p.shard_predictions("finetuned", 1).read_text()
     p.shard_predictions("finetuned", 1).write_text(full[: len(full) // 2])
-    proc = run_cli("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
+    proc = run_main("hpcnli.submit", "--resume", run_dir, "--partition", "gpu", "--wait")
     assert "finetuned shards [1]" in proc.stdout and "base shards []" in proc.stdout
     assert p.shard_metrics("base", 0).read_text() == kept
     assert predictions(run_dir) == predictions(reference)

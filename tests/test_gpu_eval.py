@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from hpcnli.config import load_config
 from hpcnli.config.checks import ConfigError
 from hpcnli.data.nli import load_split
@@ -115,7 +115,7 @@ def test_near_ties_take_the_float32_scores(smoke_scorer):
 
 @pytest.mark.model
 def test_a_run_with_rounded_products_says_what_rescoring_did(tmp_path):
-    run_cli("hpcnli.submit", "--config", SMOKE, "--run-dir", tmp_path / "run", "eval.matmul=bf16")
+    run_main("hpcnli.submit", "--config", SMOKE, "--run-dir", tmp_path / "run", "eval.matmul=bf16")
     paths = RunPaths(tmp_path / "run")
     shards = [ShardMetrics.read(paths.shard_metrics(m, s)) for m in MODELS for s in range(2)]
     assert all(s.matmul == "bf16" and s.rescore_margin == 0.1 for s in shards)

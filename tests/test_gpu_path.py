@@ -12,7 +12,7 @@ import filelock
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_main
 from hpcnli.config import load_config
 from hpcnli.io import directory_aside, work_saving_lock
 from hpcnli.model import loading
@@ -93,7 +93,7 @@ def test_two_writers_without_a_working_lock_leave_one_whole_set(monkeypatch, tmp
 @pytest.mark.model
 def test_a_stage_planned_for_gpus_stops_on_a_machine_without(tmp_path):
     """Through the local executor, as on a node Slurm gave no GPU: each stage says so in one line, nothing scored."""
-    proc = run_cli(
+    proc = run_main(
         "hpcnli.submit",
         "--config",
         "jobs/smoke.yaml",

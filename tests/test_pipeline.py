@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TEST_UMASK, copy_run, run_cli
+from conftest import TEST_UMASK, copy_run, run_main
 from hpcnli.config import load_config
 from hpcnli.io import read_jsonl
 from hpcnli.run.paths import MODELS, RunPaths
@@ -88,14 +88,18 @@ def test_results_index_stays_in_output_root(smoke_run, tmp_path):
     mine = tmp_path / "report.md"
     mine.write_text("my own notes\n")
     p = copy_run(smoke_run, tmp_path / "copy")
-    run_cli("hpcnli.reduce", p.run_dir)
+    run_main("hpcnli.reduce", p.run_dir)
     assert mine.read_text() == "my own notes\n"
-    index = smoke_run.run_dir.parent / "report.md"
+    # a run planned in its output_root (a copy whose provenance says so, to leave the shared smoke run as it is)
+    q = copy_run(smoke_run, tmp_path / "root" / "smoke")
+    provenance = json.loads(q.provenance.read_text())
+    q.provenance.write_text(json.dumps({**provenance, "output_root": str(tmp_path / "root")}))
+    index = tmp_path / "root" / "report.md"
     index.write_text("a user's file now\n")
-    run_cli("hpcnli.reduce", smoke_run.run_dir)
+    run_main("hpcnli.reduce", q.run_dir)
     assert index.read_text() == "a user's file now\n"
     index.unlink()
-    run_cli("hpcnli.reduce", smoke_run.run_dir)
+    run_main("hpcnli.reduce", q.run_dir)
     assert "[`smoke`](smoke/report.md)" in index.read_text()
 
 
@@ -115,7 +119,7 @@ def test_outputs_follow_the_umask(smoke_run):
 def test_reducer_refuses_missing_shard(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "missing")
     p.shard_predictions("finetuned", 1).unlink()
-    proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
+    proc = run_main("hpcnli.reduce", p.run_dir, check=False)
     assert proc.returncode == 1
     assert "finetuned shard 1 (12 examples): missing" in proc.stderr
     rep = json.loads(p.report_json.read_text())
@@ -128,12 +132,12 @@ def test_reducer_refuses_duplicated_rows(smoke_run, tmp_path):
     rows0 = p.shard_predictions("base", 0).read_text().splitlines(keepends=True)
     with open(p.shard_predictions("base", 1), "a") as f:
         f.write(rows0[0])  # an example of shard 0 predicted again in shard 1
-    proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
+    proc = run_main("hpcnli.reduce", p.run_dir, check=False)
     assert proc.returncode == 1
     assert "base shard 1" in proc.stderr and "belong to no example of this shard" in proc.stderr
     with open(p.shard_predictions("base", 0), "a") as f:
         f.write(rows0[0])  # the same example twice in one shard
-    proc = run_cli("hpcnli.reduce", p.run_dir, check=False)
+    proc = run_main("hpcnli.reduce", p.run_dir, check=False)
     assert "base shard 0 (12 examples): 1 duplicated example id(s)" in proc.stderr
 
 
@@ -142,7 +146,7 @@ def test_resume_redoes_only_the_missing_shard(smoke_run, tmp_path):
     before = {m: [p.shard_predictions(m, s).read_text() for s in range(2)] for m in MODELS}
     kept = p.shard_metrics("base", 0).read_text()
     p.shard_predictions("base", 1).write_text(before["base"][1][:50])  # truncated mid-row
-    proc = run_cli("hpcnli.submit", "--resume", p.run_dir)
+    proc = run_main("hpcnli.submit", "--resume", p.run_dir)
     assert "finetune=done, base shards [1], finetuned shards []" in proc.stdout
     assert p.shard_metrics("base", 0).read_text() == kept  # not recomputed
     after = {m: [p.shard_predictions(m, s).read_text() for s in range(2)] for m in MODELS}
@@ -154,7 +158,7 @@ def test_resume_redoes_only_the_missing_shard(smoke_run, tmp_path):
 def test_head_scoring_end_to_end(tmp_path):
     """task.scoring=head: a 3-way head (random before training) read through pipeline("text-classification")."""
     run_dir = tmp_path / "head"
-    run_cli(
+    run_main(
         "hpcnli.submit", "--config", "jobs/smoke.yaml", "--executor", "local", "--run-dir", run_dir, "task.scoring=head"
     )
     p = RunPaths(run_dir)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_main
 from hpcnli.cluster.commands import job_records
 from hpcnli.run.paths import RunPaths
 
@@ -29,7 +29,7 @@ def _finetune_job(paths: RunPaths) -> str:
 
 def test_the_time_limit_warning_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     paths = RunPaths(tmp_path / "limit")
-    run_cli(
+    run_main(
         "hpcnli.submit",
         "--config",
         "jobs/smoke.yaml",

@@ -1,31 +1,10 @@
-"""A first run prints hpcnli's own lines, not third-party notices that ask nothing of the user (issue 21)."""
+"""A first run prints hpcnli's own lines, not third-party notices that ask nothing of the user (issue 21): the
+notices and their filters. test_modeling runs a first run in an empty cache and checks that none of NOISE shows."""
 
 import logging
-import os
-import subprocess
-import sys
 import warnings
 
-import pytest
-
-from conftest import ROOT
 from hpcnli.logs import quiet_known_notices
-
-# What a stage does with the model, from an empty cache: convert the packaged GGUF, load it in 4-bit and add
-# LoRA (finetune), load it again dequantized and save it (evaluate), and draw with matplotlib (reduce).
-STAGES = """
-import sys
-from hpcnli.config import load_config
-from hpcnli.logs import setup_logging
-from hpcnli.model import loading
-setup_logging()
-cfg = load_config("jobs/smoke.yaml")
-loading.import_model_libraries(cfg)
-loading.add_lora(loading.load_base_model(cfg, "train"), cfg)
-loading.save_eval_model(loading.load_eval_model(cfg, None), sys.argv[1])
-import matplotlib.font_manager
-print("done")
-"""
 
 # Each notice a first run printed before issue 21, by the text that gives it away.
 NOISE = {
@@ -40,27 +19,6 @@ NOISE = {
     "transformers' dequantize dtype note": "The modules are dequantized",
     "matplotlib's font cache": "generated new fontManager",
 }
-
-
-@pytest.mark.model
-def test_a_first_run_says_what_it_does_and_nothing_else(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", STAGES, str(tmp_path / "eval_model")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HPCNLI_CACHE": str(tmp_path / "cache"), "MPLCONFIGDIR": str(tmp_path / "mpl")},
-        timeout=300,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    assert proc.stdout.strip() == "done"
-    heard = {what: text for what, text in NOISE.items() if text in out}
-    assert not heard, f"known notices printed: {sorted(heard)}\n{out[-3000:]}"
-    converting = [line for line in proc.stderr.splitlines() if "converting the packaged" in line]
-    assert len(converting) == 1, proc.stderr  # once, though the model is resolved three times
-    assert " INFO hpcnli.model.packaged: " in converting[0]
-    assert str(tmp_path / "cache" / "models" / "smollm2-135m-instruct") in converting[0]
 
 
 def test_the_filters_are_narrow(caplog):

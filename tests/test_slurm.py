@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from hpcnli.cluster.commands import job_records, live_jobs
 from hpcnli.run.paths import RunPaths
 
@@ -64,7 +64,7 @@ def check_complete_report(run_dir: Path) -> dict:
 
 def test_submitit_pipeline_arrays_and_dependencies(slurm_cluster, tmp_path):
     run_dir = tmp_path / "submitit-run"
-    proc = run_cli("hpcnli.submit", "--config", SMOKE, "--partition", "gpu", "--run-dir", run_dir)
+    proc = run_main("hpcnli.submit", "--config", SMOKE, "--partition", "gpu", "--run-dir", run_dir)
     assert "submitted to partition gpu" in proc.stdout and "hpcnli.status" in proc.stdout
     jobs = json.loads((run_dir / "plan.json").read_text())["submissions"][0]["jobs"]
     train, reduce_ = jobs["finetune"], jobs["reduce"]
@@ -87,7 +87,7 @@ def test_submitit_pipeline_arrays_and_dependencies(slurm_cluster, tmp_path):
     assert rep["slurm_jobs"][train]["state"] == "COMPLETED" and rep["slurm_jobs"][train]["queue_wait_s"] >= 0
     assert f"{base}_1" in rep["slurm_jobs"] and "queue wait s" in (run_dir / "report.md").read_text()
 
-    status = run_cli("hpcnli.status", run_dir).stdout
+    status = run_main("hpcnli.status", run_dir).stdout
     assert f"array {base}: {base}_0 COMPLETED, {base}_1 COMPLETED" in status
     assert f"reduce     job {reduce_}: COMPLETED" in status
 
@@ -121,7 +121,7 @@ def test_plain_sbatch_scripts(slurm_cluster, tmp_path):
 
 def test_unknown_partition_is_refused_before_anything_runs(slurm_cluster, tmp_path):
     run_dir = tmp_path / "bad-partition"
-    proc = run_cli(
+    proc = run_main(
         "hpcnli.submit", "--config", SMOKE, "--partition", "nosuchpartition", "--run-dir", run_dir, check=False
     )
     assert proc.returncode == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from hpcnli.records import SweepReport, TrainMetrics
 from hpcnli.report.stats import holm, paired_bootstrap
 from hpcnli.run.planning import PlanError
@@ -123,7 +123,7 @@ def test_bad_sweeps_are_refused_with_the_key_to_change(items, seeds, message):
 
 @pytest.mark.model
 def test_a_refused_sweep_makes_nothing_and_says_so_in_one_line(tmp_path):
-    proc = run_cli(*sweep_args(tmp_path, "bad", "lora.r=8,0"), check=False)
+    proc = run_main(*sweep_args(tmp_path, "bad", "lora.r=8,0"), check=False)
     assert proc.returncode == 2, proc.stderr
     assert (
         proc.stderr.strip()
@@ -136,7 +136,7 @@ def test_a_refused_sweep_makes_nothing_and_says_so_in_one_line(tmp_path):
 def test_too_many_jobs_for_the_cluster_are_refused_before_anything_is_queued(slurm_cluster, tmp_path):
     limit = int(sh("scontrol", "show", "config").split("MaxJobCount")[1].split("=")[1].split()[0])
     lrs = ",".join(f"{i}e-4" for i in range(1, 11))
-    proc = run_cli(
+    proc = run_main(
         "hpcnli.sweep", "--config", SMOKE, f"train.learning_rate={lrs}", *HELD_OUT, "eval.num_shards=200",
         "data.synthetic_test_size=200", f"output_root={tmp_path}", "--seeds", "0,1,2,3,4", "--partition", "gpu",
         check=False,
@@ -200,7 +200,7 @@ def test_local_sweep_stopped_in_a_fine_tune_resumes_what_is_missing(tmp_path):
     assert f"python -m hpcnli.sweep --resume {sweep_dir}" in err.decode()
     assert not (sweep_dir / "p01-s0" / "train_metrics.json").exists()
 
-    resumed = run_cli("hpcnli.sweep", "--resume", sweep_dir)
+    resumed = run_main("hpcnli.sweep", "--resume", sweep_dir)
     assert "sweep report:" in resumed.stdout and "p00-s0: finetune" not in resumed.stdout  # done runs not redone
     for run in RUNS:  # one fine-tune per run, the stopped one started twice; the base model scored once, by p00-s0
         starts = (sweep_dir / run / "logs" / "finetune.log").read_text().count("$ ")
@@ -210,7 +210,7 @@ def test_local_sweep_stopped_in_a_fine_tune_resumes_what_is_missing(tmp_path):
     rep = check_sweep_report(sweep_dir)
     assert [b["scored_by"] for b in rep.base] == ["p00-s0"]
 
-    status = run_cli("hpcnli.status", sweep_dir).stdout
+    status = run_main("hpcnli.status", sweep_dir).stdout
     assert "p01-s1     finetune done; shards base 1/1, finetuned 1/1; report written (base shards: p00-s0's)" in status
     assert "report     complete; winner p0" in status
     # The console command; the report is rewritten from the same files to the same text.
@@ -225,7 +225,7 @@ def test_slurm_sweep_one_fine_tune_array_and_a_cancelled_point_retried(slurm_clu
     from hpcnli.launch.slurm import wait_for_sweep
 
     sweep_dir = tmp_path / "slurm"
-    proc = run_cli(*sweep_args(tmp_path, "slurm", "--partition", "gpu"))
+    proc = run_main(*sweep_args(tmp_path, "slurm", "--partition", "gpu"))
     assert "sweep reduce" in proc.stdout
     ledgers = {run: json.loads((sweep_dir / run / "plan.json").read_text())["submissions"] for run in RUNS}
     first = {run: subs[0]["jobs"] for run, subs in ledgers.items()}
@@ -257,7 +257,7 @@ def test_arrays_beyond_max_array_size_are_split_from_index_zero():
 
 @pytest.mark.model
 def test_plan_only_plans_every_run_and_the_shared_base_and_runs_nothing(tmp_path):
-    proc = run_cli(*sweep_args(tmp_path, "planned", "--plan-only", "--seeds", "0,1"))
+    proc = run_main(*sweep_args(tmp_path, "planned", "--plan-only", "--seeds", "0,1"))
     assert "planned 4 runs" in proc.stdout and "base model scored once for each of 1 base(s)" in proc.stdout
     sweep_dir = tmp_path / "planned"
     plan = json.loads((sweep_dir / "sweep.json").read_text())
@@ -265,7 +265,7 @@ def test_plan_only_plans_every_run_and_the_shared_base_and_runs_nothing(tmp_path
     for run in RUNS:
         assert (sweep_dir / run / "config.yaml").is_file() and not (sweep_dir / run / "logs").exists()
     assert (sweep_dir / "p01-s1" / "predictions" / "base").resolve() == (sweep_dir / "p00-s0" / "predictions" / "base")
-    again = run_cli(*sweep_args(tmp_path, "planned", "--plan-only"), check=False)
+    again = run_main(*sweep_args(tmp_path, "planned", "--plan-only"), check=False)
     assert again.returncode == 2 and f"{sweep_dir} exists; use --resume" in again.stderr
-    as_run = run_cli("hpcnli.submit", "--resume", sweep_dir, check=False)
+    as_run = run_main("hpcnli.submit", "--resume", sweep_dir, check=False)
     assert as_run.returncode == 2 and "is a sweep; complete it with python -m hpcnli.sweep --resume" in as_run.stderr

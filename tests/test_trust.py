@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_run, run_cli
+from conftest import ROOT, copy_run, run_main
 from hpcnli.config import load_config
 from hpcnli.data import synthetic
 from hpcnli.errors import UserFacingError, run_command
@@ -35,7 +35,7 @@ def one_line_error(proc, status: int, message: str) -> None:
 def test_edited_config_retrains_and_rescores_what_depends_on_it(smoke_run, tmp_path):
     p = copy_run(smoke_run, tmp_path / "edited")
     p.config.write_text(p.config.read_text().replace("learning_rate: 0.0005", "learning_rate: 0.001"))
-    proc = run_cli("hpcnli.submit", "--resume", p.run_dir)
+    proc = run_main("hpcnli.submit", "--resume", p.run_dir)
     # the base model's predictions do not depend on the recipe: its shards stay (ShardMetrics.base_hash)
     assert "finetune=yes, base shards [], finetuned shards [0, 1]" in proc.stdout
     assert "redo: fine-tune: config.yaml changed since the adapter was trained" in proc.stdout
@@ -50,7 +50,7 @@ def test_edited_config_retrains_and_rescores_what_depends_on_it(smoke_run, tmp_p
     data = yaml.safe_load(p.config.read_text())
     data["eval"]["batch_size"] = 6
     p.config.write_text(yaml.safe_dump(data, sort_keys=False))
-    proc = run_cli("hpcnli.submit", "--resume", p.run_dir)
+    proc = run_main("hpcnli.submit", "--resume", p.run_dir)
     assert "finetune=done, base shards [0, 1], finetuned shards [0, 1]" in proc.stdout
     assert "redo: base shard 0: written for base settings" in proc.stdout
     rep = json.loads(p.report_json.read_text())
@@ -68,7 +68,7 @@ def test_a_deleted_or_corrupt_adapter_is_retrained_not_trusted(smoke_run, tmp_pa
     cut.train_metrics.write_text(cut.train_metrics.read_text()[:40])
     work = remaining_work(load_config(cut.config), cut)
     assert work.finetune and "train_metrics.json is unreadable" in work.why[0]
-    proc = run_cli("hpcnli.reduce", cut.run_dir, check=False)  # the reducer refuses instead of a report without cost
+    proc = run_main("hpcnli.reduce", cut.run_dir, check=False)  # the reducer refuses instead of a report without cost
     one_line_error(proc, 1, "finetuned: fine-tune: train_metrics.json is unreadable")
     assert json.loads(cut.report_json.read_text())["complete"] is False
 
@@ -99,36 +99,36 @@ def test_a_changed_test_file_is_refused_everywhere(tmp_path):
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps({k: r[k] for k in ("premise", "hypothesis", "label")}) + "\n" for r in rows))
     run_dir = tmp_path / "run"
-    run_cli("hpcnli.submit", "--config", SMOKE, "--plan-only", "--run-dir", run_dir, f"data.test={data}")
+    run_main("hpcnli.submit", "--config", SMOKE, "--plan-only", "--run-dir", run_dir, f"data.test={data}")
     lines = data.read_text().splitlines(keepends=True)
     row = json.loads(lines[2])
     lines[2] = json.dumps({**row, "label": (row["label"] + 1) % 3}) + "\n"
     data.write_text("".join(lines))
 
     message = "data.test changed since the run was planned"
-    one_line_error(run_cli("hpcnli.submit", "--resume", run_dir, check=False), 2, message)
-    one_line_error(run_cli("hpcnli.evaluate", run_dir, "--model", "base", "--shard", "0", check=False), 2, message)
-    one_line_error(run_cli("hpcnli.reduce", run_dir, check=False), 1, message)
+    one_line_error(run_main("hpcnli.submit", "--resume", run_dir, check=False), 2, message)
+    one_line_error(run_main("hpcnli.evaluate", run_dir, "--model", "base", "--shard", "0", check=False), 2, message)
+    one_line_error(run_main("hpcnli.reduce", run_dir, check=False), 1, message)
     assert not RunPaths(run_dir).shard_predictions("base", 0).exists()
 
 
 def test_commands_answer_broken_run_files_in_one_line(smoke_run, tmp_path):
-    one_line_error(run_cli("hpcnli.reduce", tmp_path, check=False), 2, "is not a run directory (no config.yaml)")
-    one_line_error(run_cli("hpcnli.status", tmp_path, check=False), 2, "is not a run directory (no config.yaml)")
+    one_line_error(run_main("hpcnli.reduce", tmp_path, check=False), 2, "is not a run directory (no config.yaml)")
+    one_line_error(run_main("hpcnli.status", tmp_path, check=False), 2, "is not a run directory (no config.yaml)")
 
     p = copy_run(smoke_run, tmp_path / "corrupt")
     p.ledger.write_text('{"submissions": [')
-    one_line_error(run_cli("hpcnli.status", p.run_dir, check=False), 2, "plan.json is corrupt (not valid JSON")
+    one_line_error(run_main("hpcnli.status", p.run_dir, check=False), 2, "plan.json is corrupt (not valid JSON")
     p.test_manifest.write_text("\x00\x01")
-    one_line_error(run_cli("hpcnli.reduce", p.run_dir, check=False), 2, "test_set.json is corrupt (not valid JSON")
+    one_line_error(run_main("hpcnli.reduce", p.run_dir, check=False), 2, "test_set.json is corrupt (not valid JSON")
     p.config.write_bytes(b"\xff\xfe binary")
     one_line_error(
-        run_cli("hpcnli.submit", "--resume", p.run_dir, check=False),
+        run_main("hpcnli.submit", "--resume", p.run_dir, check=False),
         2,
         "config.yaml: 1 problem(s):\n  - not UTF-8 text",
     )
     one_line_error(
-        run_cli("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "0", check=False), 2, "not UTF-8 text"
+        run_main("hpcnli.evaluate", p.run_dir, "--model", "base", "--shard", "0", check=False), 2, "not UTF-8 text"
     )
 
 
@@ -213,7 +213,7 @@ def test_stopping_submit_stops_its_stages_and_the_lock_covers_orphans(tmp_path):
     first.kill()
     first.wait()
     assert processes_of(run_dir), "the fine-tune stage should outlive a SIGKILLed submit"
-    refused = run_cli("hpcnli.submit", "--resume", run_dir, check=False)
+    refused = run_main("hpcnli.submit", "--resume", run_dir, check=False)
     one_line_error(refused, 2, "is in use by another hpcnli.submit; wait for it to end")
     wait_for(lambda: not processes_of(run_dir), 300, "the orphaned fine-tune to end")
 
@@ -230,6 +230,6 @@ def test_stopping_submit_stops_its_stages_and_the_lock_covers_orphans(tmp_path):
     assert not processes_of(run_dir)
 
     # 3. --resume completes the run; the fine-tune finished by the orphan is kept.
-    done = run_cli("hpcnli.submit", "--resume", run_dir)
+    done = run_main("hpcnli.submit", "--resume", run_dir)
     assert "finetune=done" in done.stdout
     assert json.loads(paths.report_json.read_text())["complete"]
