@@ -40,10 +40,9 @@ lint: setup
 	exit $$status
 
 # Test processes side by side (pytest-xdist): most of a stage's seconds are one core importing torch, so two
-# workers keep a 2-core machine busy. Tests of a module that shares a module-scoped run stay on one worker
-# (xdist_group marks); the session's smoke run is made once for both (conftest.smoke_run).
+# workers keep a 2-core machine busy. A run that several tests read is made once for both (conftest.made_once).
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+XDIST := -n $(TEST_WORKERS)
 
 # The fast tests: none that is marked slurm, model or gpu (pyproject.toml lists the markers).
 check: lint

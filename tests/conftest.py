@@ -100,35 +100,45 @@ def slurm_cluster():
         pytest.skip(why)
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The directory `name`, filled by make(directory) once per test session. Under pytest-xdist every worker that
+    asks gets the same one: the first makes it in the session's common temporary directory while the others
+    wait on its lock, so a run that several tests read is made once, whichever workers they run on."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' base directories lie side by side in the session's
+    target, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)  # what a worker that failed to make it left
+            target.mkdir()
+            make(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One complete smoke run through the local executor, planned inside its output_root; tests copy it
-    before they change anything. Under pytest-xdist the workers share it: the first to ask makes it, in the
-    session's common temporary directory, while the others wait on its lock."""
-    from filelock import FileLock
-
+    before they change anything."""
     from hpcnli.run.paths import RunPaths
 
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # every worker's base directory is beside the others'
-    root = shared / "smoke-runs"
-    with FileLock(str(shared / "smoke-runs.lock")):
-        if not (root / "smoke" / "report.md").is_file():
-            shutil.rmtree(root, ignore_errors=True)  # a run interrupted in an earlier worker
-            root.mkdir()
-            proc = run_cli(
-                "hpcnli.submit",
-                "--config",
-                "jobs/smoke.yaml",
-                "--executor",
-                "local",
-                "--name",
-                "smoke",
-                f"output_root={root}",
-            )
-            assert "report:" in proc.stdout
-    return RunPaths(root / "smoke")
+    def make(root):
+        proc = run_cli(
+            "hpcnli.submit",
+            "--config",
+            "jobs/smoke.yaml",
+            "--executor",
+            "local",
+            "--name",
+            "smoke",
+            f"output_root={root}",
+        )
+        assert "report:" in proc.stdout
+
+    return RunPaths(made_once(tmp_path_factory, "smoke-runs", make) / "smoke")
 
 
 def copy_run(src, dst):

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, copy_run, run_main
+from conftest import ROOT, copy_run, made_once, run_main
 from hpcnli.config import load_config
 from hpcnli.config.checks import ConfigError
 from hpcnli.data.nli import load_split
@@ -24,8 +24,6 @@ from hpcnli.scoring.engine import predict
 from hpcnli.scoring.heldout import curve_pairs
 
 SMOKE = ROOT / "jobs/smoke.yaml"
-# xdist_group: one pytest-xdist worker runs the module, so best_run is made once
-pytestmark = pytest.mark.xdist_group("curve")
 CURVE = ["data.holdout=16", "train.eval_every=2", "model.dtype=float32", "quantization.compute_dtype=float32"]
 
 
@@ -38,24 +36,26 @@ def scalars(run: RunPaths) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def best_run(tmp_path_factory):
     """A complete local smoke run with held-out evaluation, keep: best and TensorBoard."""
-    run = RunPaths(tmp_path_factory.mktemp("curve") / "best")
-    run_main(
-        "hpcnli.submit",
-        "--config",
-        SMOKE,
-        "--run-dir",
-        run.run_dir,
-        *CURVE,
-        "train.max_steps=6",
-        "train.keep=best",
-        "train.log_with=tensorboard",
-        "train.log_every=1",
-        "eval.num_shards=1",  # the curve is under test, not the sharding
-    )
-    return run
+
+    def make(root):
+        run_main(
+            "hpcnli.submit",
+            "--config",
+            SMOKE,
+            "--run-dir",
+            root / "best",
+            *CURVE,
+            "train.max_steps=6",
+            "train.keep=best",
+            "train.log_with=tensorboard",
+            "train.log_every=1",
+            "eval.num_shards=1",  # the curve is under test, not the sharding
+        )
+
+    return RunPaths(made_once(tmp_path_factory, "curve", make) / "best")
 
 
 @pytest.mark.model

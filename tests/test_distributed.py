@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_main
+from conftest import ROOT, made_once, run_main
 from hpcnli.run.paths import MODELS, RunPaths
 from test_slurm import wait_done
 
-# xdist_group: one pytest-xdist worker runs the module, so its module-scoped runs are made once
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("ddp")]
+pytestmark = pytest.mark.slurm
 SMOKE = ROOT / "jobs" / "smoke.yaml"
 COMMON = [
     "model.dtype=float32",
@@ -53,11 +52,18 @@ def submit(run_dir: Path, *overrides: str, wait: bool = True) -> dict:
     return json.loads(RunPaths(run_dir).ledger.read_text())["submissions"][-1]["jobs"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_and_two(slurm_cluster, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    submit(root / "one", "train.max_steps=6", "train.batch_size=8")
-    submit(root / "two", "train.max_steps=6", "train.batch_size=4", "resources.processes_per_node=2")
+    def make(root):  # submitted together: the cluster runs what fits side by side
+        jobs = [
+            submit(root / "one", "train.max_steps=6", "train.batch_size=8", wait=False),
+            submit(
+                root / "two", "train.max_steps=6", "train.batch_size=4", "resources.processes_per_node=2", wait=False
+            ),
+        ]
+        wait_done([j["reduce"] for j in jobs])
+
+    root = made_once(tmp_path_factory, "ddp", make)
     return RunPaths(root / "one"), RunPaths(root / "two")
 
 

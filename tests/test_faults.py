@@ -11,12 +11,11 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_main
+from conftest import ROOT, made_once, run_main
 from hpcnli.run.paths import MODELS, RunPaths
 from test_slurm import dependency, sacct, sh, wait_done
 
-# xdist_group: one pytest-xdist worker runs the module, so its module-scoped runs are made once
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("faults")]
+pytestmark = pytest.mark.slurm
 # The smoke config's tiny model trains a step in milliseconds: enough steps that the fine-tune is still running
 # when a test requeues it after its first checkpoint.
 FAULT_CFG = ["train.max_steps=300", "train.checkpoint_every=10", "resources.max_retries=1"]
@@ -83,13 +82,14 @@ def running(job_id) -> bool:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(slurm_cluster, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("faults") / "undisturbed"
-    submit(run_dir)
-    wait_for_run(run_dir)
-    assert json.loads(RunPaths(run_dir).report_json.read_text())["complete"]
-    return run_dir
+    def make(root):
+        submit(root / "undisturbed")
+        wait_for_run(root / "undisturbed")
+        assert json.loads(RunPaths(root / "undisturbed").report_json.read_text())["complete"]
+
+    return made_once(tmp_path_factory, "faults", make) / "undisturbed"
 
 
 def test_cancel_kill_and_requeue_recover(reference, tmp_path):
