@@ -267,3 +267,21 @@ def test_force_without_resume(capsys):
     with pytest.raises(SystemExit) as e:
         submit.main(["--force"])
     assert e.value.code == 2 and "--force goes with --resume RUN_DIR" in capsys.readouterr().err
+
+
+def test_the_console_command_lists_what_it_runs(capsys):
+    from hpcnli import cli
+
+    assert cli.main([]) == 2 and cli.main(["train"]) == 2  # no command, or one it does not have
+    err = capsys.readouterr().err
+    assert err.count("usage: hpcnli COMMAND [ARGS]") == 2 and "hpcnli reduce  (re)write a run's" in err
+    assert cli.main(["--help"]) == 0 and "hpcnli status  where a run or a sweep stands" in capsys.readouterr().err
+
+
+def test_an_eval_task_outside_an_array_job_needs_its_shard(tmp_path, capsys, monkeypatch):
+    from hpcnli import evaluate
+
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(tmp_path), "--model", "base"])
+    assert e.value.code == 2 and "--shard is required outside a Slurm array job" in capsys.readouterr().err

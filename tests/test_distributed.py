@@ -33,7 +33,7 @@ COMMON = [
     "train.eval_every=3",
 ]
 LOSS_TOLERANCE = 1e-3  # float32 sums in another order (per process, then all-reduced)
-LONG = 300  # steps of a run that is stopped after its first few: seconds of training left to stop it in
+LONG = 150  # steps of a run that is stopped after its first few: seconds of training left to stop it in
 
 
 def submit(run_dir: Path, *overrides: str, wait: bool = True) -> dict:

@@ -50,8 +50,8 @@ def four_bit_precision(model) -> str:
 def overrides(dtype: str) -> list[str]:
     return [
         f"data.test={SNLI / 'test.jsonl'}",
-        "data.max_test_examples=24",  # two batches of 16 and 8: batching, padding and widths all exercised
-        "eval.batch_size=16",
+        "data.max_test_examples=12",  # two batches of 8 and 4: batching, padding and widths all exercised
+        "eval.batch_size=8",
         f"model.dtype={dtype}",
         f"quantization.compute_dtype={dtype}",
     ]
@@ -125,7 +125,7 @@ def test_shared_premise_prefix_scores_like_whole_prompts(weights, dtype, tmp_pat
     # batch size 4: several prefix batches of different widths, merged into one chunk
     small = overrides(dtype) + [f"eval.weights={weights}", "eval.batch_size=4"]
     cfg = load_config(CONFIG, small + ["data.max_test_examples=0"])
-    examples = nli.load_split(cfg, "test").examples[:24]  # in file order: a premise's pairs are together
+    examples = nli.load_split(cfg, "test").examples[:12]  # in file order: a premise's pairs are together
     tokenizer = loading.load_tokenizer(cfg)
     prompts = tokenize_prompts(tokenizer, cfg, examples)
     groups = engine.shared_prefixes([e["premise"] for e in examples], prompts)
