@@ -14,7 +14,7 @@ TEST_UMASK = 0o022  # the usual umask, for the test process and every stage it s
 os.umask(TEST_UMASK)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on the 2-core machines: one torch thread per process (each worker and every stage
-    # it starts), or OpenMP's spinning threads of one process slow the other's several-fold. Set before torch loads.
+    # it starts), so that two workers' processes do not oversubscribe the cores. Set before torch loads.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
