@@ -28,9 +28,14 @@ def run_cli(*args, check=True, timeout=1200, env=None, cwd=ROOT) -> subprocess.C
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+    return checked(proc, check)
+
+
+def checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    """The command's result; with check, a non-zero exit fails the test with the ends of its output."""
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+            f"{proc.args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
         )
     return proc
 
@@ -61,9 +66,7 @@ def run_main(module: str, *args, check=True, cwd=ROOT) -> subprocess.CompletedPr
     finally:
         os.chdir(here)
     proc = subprocess.CompletedProcess([module, *map(str, args)], status, out.getvalue(), err.getvalue())
-    if check and status != 0:
-        raise AssertionError(f"{args} exited {status}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
+    return checked(proc, check)
 
 
 def slurm_available() -> str | None:
